@@ -233,7 +233,7 @@ def tiny() -> JanusFlowConfig:
             max_position_embeddings=512,
         ),
         siglip=SiglipConfig(
-            timm_name="vit_small_patch16_siglip_224",
+            timm_name="vit_base_patch16_siglip_gap_224",
             image_size=32,
             patch_size=8,
             width=96,

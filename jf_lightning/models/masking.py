@@ -1,0 +1,32 @@
+"""Index and mask helpers for packed rows."""
+
+from __future__ import annotations
+
+import torch
+
+
+def slot_index(slots: torch.Tensor, length: int, skip_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2) (row, start) slots -> advanced-index pair addressing (N, length) tokens; with
+    ``skip_first`` the first token of each slot (begin / time token) is left out."""
+    offsets = torch.arange(int(skip_first), length, device=slots.device)  # (T,)
+    rows = slots[:, :1].expand(-1, offsets.numel())  # (N, T)
+    cols = slots[:, 1:2] + offsets  # (N, T)
+    return rows, cols
+
+
+def packed_attention_mask(segment_ids: torch.Tensor, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, L) segments + (R, L) key visibility -> (R, 1, L, L) additive mask: causal, within a sample,
+    and hiding masked keys (a dropped prompt).
+
+    transformers can derive a block-causal mask from packed position ids, but it cannot hide single
+    keys, which the classifier-free-guidance prompt drop needs; so the mask is built here and handed
+    to the model as a ready 4D mask (transformers passes those through unchanged).
+    """
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()  # (L, L)
+    same_sample = segment_ids[:, :, None] == segment_ids[:, None, :]  # (R, L, L)
+    allowed = same_sample & causal & key_mask[:, None, :]
+    # Every query keeps itself: a masked prompt token must not become an empty (NaN) softmax row.
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (R, 1, L, L)
