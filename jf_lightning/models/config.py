@@ -192,8 +192,10 @@ class JanusFlowConfig:
         if self.und_encoder in ("shared_gen", "vae_convnext") and not self.generation:
             raise ValueError(f"und_encoder={self.und_encoder} needs the VAE and codec: set generation=true")
         if self.generation and self.repa.enabled:
-            if not 1 <= self.repa.layer <= self.llm.num_layers:
-                raise ValueError(f"repa.layer={self.repa.layer} must be within 1..llm.num_layers={self.llm.num_layers}")
+            # transformers reports the last block's output after the final norm, so the last block
+            # cannot serve as a REPA layer (and aligning the output layer defeats REPA's purpose).
+            if not 1 <= self.repa.layer < self.llm.num_layers:
+                raise ValueError(f"repa.layer={self.repa.layer} must be within 1..llm.num_layers-1={self.llm.num_layers - 1}")
             if self.repa.target == "und_encoder" and self.und_encoder != "siglip":
                 raise ValueError(
                     f"repa.target=und_encoder needs und_encoder=siglip (got {self.und_encoder}): "

@@ -1,0 +1,112 @@
+"""Packing: token-level samples -> one ``PackedBatch`` of fixed-length rows.
+
+First-fit decreasing: samples sorted by length (longest first) go into the first row with room, a new
+row when none has. The number of rows varies per batch; each row is filled to ``seq_len`` with padding
+that is its own "sample" (position ids 0, 1, 2, ..., segment id 0, no labels) so that it needs no
+special case in attention: segment 0 attends only to segment 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.data.templates import ImageSlot, Sample
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sample indices per row; a row's samples keep the order they were placed in."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))  # stable: ties keep input order
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            free.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        free[row] -= lengths[i]
+    return rows
+
+
+def _stack_images(slots: list[ImageSlot], image_size: int | None) -> torch.Tensor:
+    if not slots:
+        size = image_size or 0
+        return torch.zeros(0, 3, size, size)  # (0, 3, S, S): keeps the rank the model expects
+    return torch.stack([s.pixels for s in slots])  # (N, 3, S, S)
+
+
+def _gen_tensors(gen: list[ImageSlot], image_size: int | None):
+    """(gen_pixels, gen_latents, repa_targets): the pre-encoded tensors only if every sample has them."""
+    latents = torch.stack([s.latent for s in gen]) if gen and all(s.latent is not None for s in gen) else None
+    targets = (
+        torch.stack([s.repa_target for s in gen])
+        if gen and all(s.repa_target is not None for s in gen)
+        else None
+    )
+    if latents is not None and targets is not None:
+        return _stack_images([], image_size), latents, targets  # nothing left to encode from pixels
+    if any(s.pixels is None for s in gen):
+        raise ValueError(
+            "a generation sample has no image (pre-encoded latent.npy + siglip.npy only) but others in "
+            "the batch need pixels: pre-encode all generation sources or none"
+        )
+    return _stack_images(gen, image_size), latents, targets
+
+
+def pack(
+    samples: list[Sample],
+    seq_len: int,
+    pad_id: int,
+    batch_index: int = 0,
+    image_size: int | None = None,
+) -> PackedBatch:
+    """Pack ``samples`` into rows of ``seq_len`` tokens.
+
+    ``image_size`` only sets the shape of empty image tensors, (0, 3, S, S), when a batch has no image
+    of a kind. Images are stacked in slot order: by row, then by column.
+    """
+    lengths = [len(s) for s in samples]
+    for length in lengths:
+        if length > seq_len:
+            raise ValueError(f"a sample of {length} tokens does not fit seq_len={seq_len}")
+    rows = first_fit_decreasing(lengths, seq_len)
+    num_rows = len(rows)
+    input_ids = torch.full((num_rows, seq_len), pad_id, dtype=torch.long)  # (R, L)
+    position_ids = torch.zeros(num_rows, seq_len, dtype=torch.long)  # (R, L)
+    segment_ids = torch.zeros(num_rows, seq_len, dtype=torch.long)  # (R, L), 0 = padding
+    labels = torch.full((num_rows, seq_len), IGNORE_INDEX, dtype=torch.long)  # (R, L)
+    key_mask = torch.ones(num_rows, seq_len, dtype=torch.bool)  # (R, L)
+    placed: dict[str, list[tuple[int, int, ImageSlot, bool]]] = {"und": [], "gen": []}
+    for r, row in enumerate(rows):
+        col = 0
+        for segment, i in enumerate(row, start=1):
+            sample, n = samples[i], lengths[i]
+            input_ids[r, col : col + n] = torch.tensor(sample.input_ids)
+            position_ids[r, col : col + n] = torch.arange(n)
+            segment_ids[r, col : col + n] = segment
+            labels[r, col : col + n] = torch.tensor(sample.labels)
+            key_mask[r, col : col + n] = torch.tensor(sample.key_mask)
+            for slot in sample.slots:
+                placed[slot.kind].append((r, col + slot.start, slot, sample.prompt_dropped))
+            col += n
+        position_ids[r, col:] = torch.arange(seq_len - col)  # the padding's own positions
+    und = sorted(placed["und"], key=lambda p: p[:2])
+    gen = sorted(placed["gen"], key=lambda p: p[:2])
+    gen_pixels, gen_latents, repa_targets = _gen_tensors([p[2] for p in gen], image_size)
+    return PackedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        segment_ids=segment_ids,
+        labels=labels,
+        key_mask=key_mask,
+        und_pixels=_stack_images([p[2] for p in und], image_size),
+        und_slots=torch.tensor([p[:2] for p in und], dtype=torch.long).reshape(-1, 2),  # (N_und, 2)
+        gen_pixels=gen_pixels,
+        gen_slots=torch.tensor([p[:2] for p in gen], dtype=torch.long).reshape(-1, 2),  # (N_gen, 2)
+        gen_prompt_dropped=torch.tensor([p[3] for p in gen], dtype=torch.bool),  # (N_gen,)
+        gen_latents=gen_latents,
+        repa_targets=repa_targets,
+        batch_index=batch_index,
+    )

@@ -1,0 +1,198 @@
+"""Write the shapes world as WebDataset shards, with its tokenizer and a manifest.
+
+Layout under ``out_dir`` (``{split}`` is ``train`` or ``val``):
+
+- ``und/{split}-%06d.tar``: ``png`` + ``json`` (LLaVA-style ``conversations``, ``question_type``, ``scene``)
+- ``gen/{split}-%06d.tar``: ``png`` + ``txt`` (the prompt) + ``json`` (``scene``; ``spec`` when the prompt
+  is a GenEval prompt)
+- ``text/{split}-%06d.tar``: ``txt``
+- ``tokenizer/``: the shapes tokenizer (``save_pretrained``)
+- ``manifest.json``: parameters, counts, shard lists and brace patterns
+
+Every sample is drawn from its own generator seeded by (seed, split, kind, index): shards are
+byte-identical for a seed, the validation split is a different stream, and any sample can be
+regenerated alone. The directory appears atomically (written beside it, then renamed), and a directory
+holding the same manifest is returned as is, so a training run can call this on first use.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from jf_lightning.data import shapes_world as world
+from jf_lightning.data.tokenizer import build_shapes_tokenizer
+
+FORMAT_VERSION = 1
+KINDS = ("und", "gen", "text")
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+_SPLIT_IDS = {"train": 0, "val": 1}
+_KIND_IDS = {"und": 0, "gen": 1, "text": 2}
+
+
+def sample_rng(seed: int, split: str, kind: str, index: int) -> np.random.Generator:
+    """The generator of one sample: independent streams per (seed, split, kind, index)."""
+    return np.random.default_rng([seed, _SPLIT_IDS[split], _KIND_IDS[kind], index])
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # fast; flat synthetic images compress well anyway
+    return buf.getvalue()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def make_record(seed: int, split: str, kind: str, index: int, image_size: int) -> dict[str, Any]:
+    """One shard record (``__key__`` plus encoded members) of the given kind."""
+    rng = sample_rng(seed, split, kind, index)
+    record: dict[str, Any] = {"__key__": f"{split}-{index:08d}"}
+    if kind == "und":
+        scene = world.sample_scene(rng)
+        conv = world.understanding_sample(scene, rng)
+        record["png"] = png_bytes(world.render_scene(scene, image_size))
+        record["json"] = _json_bytes({**conv, "scene": scene.to_dict()})
+    elif kind == "gen":
+        scene, prompt, spec = world.generation_sample(rng)
+        record["png"] = png_bytes(world.render_scene(scene, image_size))
+        record["txt"] = prompt.encode("utf-8")
+        record["json"] = _json_bytes({"scene": scene.to_dict(), **({"spec": spec} if spec else {})})
+    elif kind == "text":
+        record["txt"] = world.text_sample(rng).encode("utf-8")
+    else:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    return record
+
+
+def _write_split(root: Path, seed: int, kind: str, split: str, n: int, image_size: int, per_shard: int) -> list[str]:
+    written: list[str] = []
+    if n == 0:
+        return written
+    (root / kind).mkdir(exist_ok=True)
+    pattern = str(root / kind).replace("%", "%%") + f"/{split}-%06d.tar"
+    with wds.ShardWriter(
+        pattern,
+        maxcount=per_shard,
+        verbose=0,
+        post=lambda fname: written.append(Path(fname).relative_to(root).as_posix()),
+        encoder=False,
+        mtime=0,  # reproducible tar headers
+    ) as sink:
+        for i in range(n):
+            sink.write(make_record(seed, split, kind, i, image_size))
+    return written
+
+
+def _brace(paths: list[str]) -> str | None:
+    """The WebDataset brace pattern of consecutive shards: ``und/train-{000000..000003}.tar``."""
+    if not paths:
+        return None
+    head, last = paths[0][: -len("000000.tar")], len(paths) - 1
+    return f"{head}{{000000..{last:06d}}}.tar" if last else paths[0]
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(out_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_target(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The existing manifest when ``out`` already holds this dataset; None when ``out`` is free."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory: pass another output directory")
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.get("params") == params:
+        return manifest
+    if manifest is not None:
+        raise ValueError(
+            f"{out} holds a shapes world with other parameters ({manifest.get('params')}): "
+            "pass another output directory or delete it"
+        )
+    if any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and has no shapes-world {MANIFEST}: pass an empty or new directory")
+    return None
+
+
+def write_shapes_world(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    train_samples: int = 10_000,
+    val_samples: int = 500,
+    image_size: int = 64,
+    samples_per_shard: int = 5_000,
+) -> dict[str, Any]:
+    """Write ``train_samples`` / ``val_samples`` samples of each kind (und, gen, text), the tokenizer and
+    the manifest; return the manifest. Never overwrites: a non-empty ``out_dir`` must already hold a
+    manifest with the same parameters (then nothing is written)."""
+    if train_samples < 1 or val_samples < 0 or samples_per_shard < 1 or image_size < 32:
+        raise ValueError("need train_samples >= 1, val_samples >= 0, samples_per_shard >= 1, image_size >= 32")
+    params = {
+        "version": FORMAT_VERSION,
+        "seed": int(seed),
+        "train_samples": int(train_samples),
+        "val_samples": int(val_samples),
+        "image_size": int(image_size),
+        "samples_per_shard": int(samples_per_shard),
+    }
+    out = Path(out_dir).absolute()
+    existing = _check_target(out, params)
+    if existing is not None:
+        return existing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _write_all(tmp, params)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        existing = _check_target(out, params)  # another process finished the same dataset first
+        if existing is None:
+            raise
+        return existing
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:
+    counts = {"train": params["train_samples"], "val": params["val_samples"]}
+    shards = {
+        kind: {
+            split: _write_split(
+                root, params["seed"], kind, split, counts[split], params["image_size"], params["samples_per_shard"]
+            )
+            for split in SPLITS
+        }
+        for kind in KINDS
+    }
+    tokenizer = build_shapes_tokenizer()
+    tokenizer.save_pretrained(str(root / "tokenizer"))
+    manifest = {
+        "format": "jf_lightning.shapes_world",
+        "params": params,
+        "counts": {kind: dict(counts) for kind in KINDS},
+        "shards": shards,
+        "patterns": {kind: {split: _brace(paths) for split, paths in s.items()} for kind, s in shards.items()},
+        "tokenizer": "tokenizer",
+        "vocab_size": len(tokenizer),
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
