@@ -1,6 +1,6 @@
 """Write the synthetic shapes world as WebDataset shards (see data/README.md).
 
-    python data/make_shapes_world.py --out data/shapes --seed 0 --train-samples 20000 --val-samples 500
+python data/make_shapes_world.py --out data/shapes --seed 0 --train-samples 20000 --val-samples 500
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from jf_lightning.data.shapes_shards import write_shapes_world
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output directory: new, empty, or a previous run's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-samples", type=int, default=10_000, help="training samples of each kind")

@@ -75,7 +75,9 @@ def make_record(seed: int, split: str, kind: str, index: int, image_size: int) -
     return record
 
 
-def _write_split(root: Path, seed: int, kind: str, split: str, n: int, image_size: int, per_shard: int) -> list[str]:
+def _write_split(
+    root: Path, seed: int, kind: str, split: str, n: int, image_size: int, per_shard: int
+) -> list[str]:
     written: list[str] = []
     if n == 0:
         return written
@@ -122,7 +124,9 @@ def _check_target(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
             "pass another output directory or delete it"
         )
     if any(out.iterdir()):
-        raise ValueError(f"{out} is not empty and has no shapes-world {MANIFEST}: pass an empty or new directory")
+        raise ValueError(
+            f"{out} is not empty and has no shapes-world {MANIFEST}: pass an empty or new directory"
+        )
     return None
 
 
@@ -138,7 +142,9 @@ def write_shapes_world(
     the manifest; return the manifest. Never overwrites: a non-empty ``out_dir`` must already hold a
     manifest with the same parameters (then nothing is written)."""
     if train_samples < 1 or val_samples < 0 or samples_per_shard < 1 or image_size < 32:
-        raise ValueError("need train_samples >= 1, val_samples >= 0, samples_per_shard >= 1, image_size >= 32")
+        raise ValueError(
+            "need train_samples >= 1, val_samples >= 0, samples_per_shard >= 1, image_size >= 32"
+        )
     params = {
         "version": FORMAT_VERSION,
         "seed": int(seed),
@@ -177,7 +183,13 @@ def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     shards = {
         kind: {
             split: _write_split(
-                root, params["seed"], kind, split, counts[split], params["image_size"], params["samples_per_shard"]
+                root,
+                params["seed"],
+                kind,
+                split,
+                counts[split],
+                params["image_size"],
+                params["samples_per_shard"],
             )
             for split in SPLITS
         }
@@ -190,7 +202,9 @@ def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         "params": params,
         "counts": {kind: dict(counts) for kind in KINDS},
         "shards": shards,
-        "patterns": {kind: {split: _brace(paths) for split, paths in s.items()} for kind, s in shards.items()},
+        "patterns": {
+            kind: {split: _brace(paths) for split, paths in s.items()} for kind, s in shards.items()
+        },
         "tokenizer": "tokenizer",
         "vocab_size": len(tokenizer),
     }

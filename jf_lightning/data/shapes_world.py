@@ -81,7 +81,7 @@ class Shape:
         return f"{row} {col}".strip() or "center"
 
     def phrase(self) -> str:
-        """"a red circle on the left", "a blue square at the top right", "a black triangle in the center"."""
+        """ "a red circle on the left", "a blue square at the top right", "a black triangle in the center"."""
         place = self.place
         prep = "in" if place == "center" else "on" if place in ("left", "right") else "at"
         return f"a {self.color} {self.shape} {prep} the {place}"
@@ -145,7 +145,9 @@ def sample_scene(
     if n_shapes is None:
         n_shapes = int(rng.integers(max(1, len(constraints)), MAX_SHAPES + 1))
     if not max(1, len(constraints)) <= n_shapes <= MAX_SHAPES:
-        raise ValueError(f"n_shapes={n_shapes} must be in [max(1, {len(constraints)} constraints), {MAX_SHAPES}]")
+        raise ValueError(
+            f"n_shapes={n_shapes} must be in [max(1, {len(constraints)} constraints), {MAX_SHAPES}]"
+        )
     for _ in range(max_tries):
         kinds = [
             (
@@ -188,7 +190,9 @@ def render_scene(scene: Scene, size: int) -> Image.Image:
 
 
 # ------------------------------------------------------------------------------------------ GenEval specs
-def relative_position(box_a: Sequence[float], box_b: Sequence[float], margin: float = POSITION_MARGIN) -> set[str]:
+def relative_position(
+    box_a: Sequence[float], box_b: Sequence[float], margin: float = POSITION_MARGIN
+) -> set[str]:
     """GenEval's relations of A relative to B (boxes x0, y0, x1, y1; y down): a subset of RELATIONS."""
     ax0, ay0, ax1, ay1 = (float(v) for v in box_a[:4])
     bx0, by0, bx1, by1 = (float(v) for v in box_b[:4])
@@ -210,7 +214,7 @@ def _spec(tag: str, include: list[dict], prompt: str, exclude: list[dict] | None
     return spec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_specs(task: str) -> tuple[dict[str, Any], ...]:
     pairs = list(itertools.permutations(SHAPES, 2))
     if task == "single_object":
@@ -273,7 +277,9 @@ def geneval_specs(rng: np.random.Generator, n_per_task: int) -> list[dict[str, A
     out = []
     for task in GENEVAL_TASKS:
         pool = _all_specs(task)
-        order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n_per_task // len(pool)))] or [[]])
+        order = np.concatenate(
+            [rng.permutation(len(pool)) for _ in range(-(-n_per_task // len(pool)))] or [[]]
+        )
         out += [copy.deepcopy(pool[int(i)]) for i in order[:n_per_task]]
     return out
 
@@ -296,7 +302,9 @@ def scene_satisfies_spec(scene: Scene, spec: Mapping[str, Any], margin: float = 
         if ok and "position" in req:
             rel, target = req["position"]
             tgt = groups[int(target)] if 0 <= int(target) < len(groups) else None
-            ok = tgt is not None and all(rel in relative_position(o.box, t.box, margin) for o in objs for t in tgt)
+            ok = tgt is not None and all(
+                rel in relative_position(o.box, t.box, margin) for o in objs for t in tgt
+            )
         if not ok:
             return False
         groups.append(objs)
@@ -311,7 +319,9 @@ def scene_for_spec(spec: Mapping[str, Any], rng: np.random.Generator) -> Scene:
         for _ in range(int(req["count"]))
     ]
     margin = SPEC_POSITION_MARGIN if spec.get("tag") == "position" else POSITION_MARGIN
-    return sample_scene(rng, len(constraints), constraints, accept=lambda s: scene_satisfies_spec(s, spec, margin))
+    return sample_scene(
+        rng, len(constraints), constraints, accept=lambda s: scene_satisfies_spec(s, spec, margin)
+    )
 
 
 def specs_for_scene(scene: Scene) -> list[dict[str, Any]]:
@@ -327,7 +337,7 @@ def specs_for_scene(scene: Scene) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------- text
 def caption(scene: Scene) -> str:
-    """"a red circle on the left, a green square at the top and a blue triangle at the bottom right"."""
+    """ "a red circle on the left, a green square at the top and a blue triangle at the bottom right"."""
     parts = [s.phrase() for s in scene.shapes]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
@@ -351,7 +361,9 @@ def questions_for_scene(scene: Scene) -> list[tuple[str, str, str]]:
         if sum(o.color == s.color for o in scene.shapes) == 1:
             qa.append(("shape", f"What shape is the {s.color} object?", s.shape))
     qa.append(("count", "How many shapes are there?", NUMBER_WORDS[len(scene.shapes)]))
-    qa += [("count", f"How many {PLURALS[c]} are there?", NUMBER_WORDS[len(scene.of_class(c))]) for c in SHAPES]
+    qa += [
+        ("count", f"How many {PLURALS[c]} are there?", NUMBER_WORDS[len(scene.of_class(c))]) for c in SHAPES
+    ]
     for k in dict.fromkeys(s.color for s in scene.shapes):
         n = sum(s.color == k for s in scene.shapes)
         qa.append(("count", f"How many {k} shapes are there?", NUMBER_WORDS[n]))
@@ -374,7 +386,10 @@ def understanding_sample(scene: Scene, rng: np.random.Generator) -> dict[str, An
     pool = [q for q in qa if q[0] == qtype]
     _, question, answer = pool[rng.integers(len(pool))]
     return {
-        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{question}"},
+            {"from": "gpt", "value": answer},
+        ],
         "question_type": qtype,
     }
 
@@ -433,9 +448,10 @@ def _text_sentence(rng: np.random.Generator) -> str:
         return f"{w[n]} {_noun(shape, n)} and {w[m]} {_noun(other, m)} make {w[n + m]} shapes."
     if kind == 3:
         k = int(rng.integers(MAX_SHAPES))
-        return [f"after {NUMBER_WORDS[k]} comes {NUMBER_WORDS[k + 1]}.", f"{NUMBER_WORDS[k + 1]} is more than {NUMBER_WORDS[k]}."][
-            rng.integers(2)
-        ]
+        return [
+            f"after {NUMBER_WORDS[k]} comes {NUMBER_WORDS[k + 1]}.",
+            f"{NUMBER_WORDS[k + 1]} is more than {NUMBER_WORDS[k]}.",
+        ][rng.integers(2)]
     if kind == 4:
         a, b = _OPPOSITES[rng.integers(len(_OPPOSITES))][:: 1 if rng.random() < 0.5 else -1]
         return f"{a} is the opposite of {b}."

@@ -43,7 +43,9 @@ def build_shapes_tokenizer() -> PreTrainedTokenizerFast:
     ``save_pretrained(dir)``; ``AutoTokenizer.from_pretrained(dir)`` loads it back."""
     vocab = vocabulary()
     if len(vocab) >= MAX_VOCAB or len(set(vocab)) != len(vocab):
-        raise AssertionError(f"shapes vocabulary has {len(vocab)} tokens; it must be unique and < {MAX_VOCAB}")
+        raise AssertionError(
+            f"shapes vocabulary has {len(vocab)} tokens; it must be unique and < {MAX_VOCAB}"
+        )
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token=UNK_TOKEN))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

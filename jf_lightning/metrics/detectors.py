@@ -227,10 +227,9 @@ class ShapesDetector:
         if not ring.any():  # the component fills the image
             return 0.0
         alpha, residual = seg.alpha[y0:y1, x0:x1, ci][ring], seg.residual[y0:y1, x0:x1, ci][ring]
-        # white, or the component's colour mixed with white below half (a blur halo), or a neighbour
-        halo = (residual <= 50.0) & (alpha < self.alpha_threshold)
-        neighbour = seg.labels[y0:y1, x0:x1][ring] >= 0
-        share = np.mean(halo | neighbour)
+        # white, or the component's colour mixed with white below half (its blur halo); shapes of the
+        # world never touch, so a neighbour counts against it like any other colour
+        share = np.mean((residual <= 50.0) & (alpha < self.alpha_threshold))
         return float(np.clip((share - 0.6) / 0.3, 0.0, 1.0))
 
 

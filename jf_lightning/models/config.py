@@ -26,7 +26,7 @@ class LLMConfig:
     """Vocabulary size (ignored when ``source`` is set)."""
     hidden_size: int = 2048
     """Width of the residual stream; every aligner maps to or from it."""
-    intermediate_size: int = 5504
+    intermediate_size: int = 5632
     """MLP width of each block."""
     num_layers: int = 24
     """Number of transformer blocks."""
@@ -88,8 +88,11 @@ class VAEConfig:
     """Compute dtype. float16 is refused: the SDXL-VAE overflows in fp16 and decodes garbage."""
     scaling_factor: float | None = None
     """Override of the VAE config's scaling factor (pixel_shuffle: the factor itself, default 1)."""
-    block_out_channels: tuple[int, ...] = (32, 64)
-    """Random-init AutoencoderKL only: encoder/decoder widths (their count sets the downsampling)."""
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    """Random-init AutoencoderKL only: encoder/decoder widths, SDXL-VAE's by default (their count
+    sets the downsampling: 2^(n-1))."""
+    layers_per_block: int = 2
+    """Random-init AutoencoderKL only: resnet layers per block (SDXL-VAE: 2)."""
 
 
 @dataclass

@@ -68,7 +68,9 @@ class AutoencoderKLCodec(LatentCodec):
 
     def __init__(self, vae: AutoencoderKL, dtype: str = "float32", scaling_factor: float | None = None):
         super().__init__()
-        self.vae = vae.to(_dtype(dtype)).requires_grad_(False).eval()
+        if vae.dtype != _dtype(dtype):
+            vae = vae.to(_dtype(dtype))
+        self.vae = vae.requires_grad_(False).eval()
         self.dtype = _dtype(dtype)
         self.scaling_factor = scaling_factor or vae.config.scaling_factor
         self.shift_factor = getattr(vae.config, "shift_factor", None) or 0.0
@@ -94,7 +96,7 @@ def random_autoencoder_kl(cfg: VAEConfig) -> AutoencoderKL:
         block_out_channels=tuple(cfg.block_out_channels),
         down_block_types=("DownEncoderBlock2D",) * n,
         up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1,
+        layers_per_block=cfg.layers_per_block,
         norm_num_groups=min(32, cfg.block_out_channels[0]),
         sample_size=64,
     )
@@ -106,7 +108,10 @@ def build_vae(cfg: VAEConfig) -> LatentCodec:
     _dtype(cfg.dtype)  # refuse fp16 before any weights are read
     if cfg.kind == "pixel_shuffle":
         return PixelShuffleCodec(cfg.downsample_factor, cfg.scaling_factor or 1.0)
-    vae = AutoencoderKL.from_pretrained(cfg.source) if cfg.source else random_autoencoder_kl(cfg)
+    if cfg.source:
+        vae = AutoencoderKL.from_pretrained(cfg.source, torch_dtype=_dtype(cfg.dtype))
+    else:
+        vae = random_autoencoder_kl(cfg)
     codec = AutoencoderKLCodec(vae, cfg.dtype, cfg.scaling_factor)
     if codec.latent_channels != cfg.latent_channels or codec.downsample_factor != cfg.downsample_factor:
         raise ValueError(

@@ -13,7 +13,8 @@ from jf_lightning.models.llm import build_llm
 from jf_lightning.models.und_encoder import build_siglip, save_siglip
 from jf_lightning.models.vae import PixelShuffleCodec, build_vae, random_autoencoder_kl
 
-KL_CFG = VAEConfig(kind="autoencoder_kl", source=None, latent_channels=4, downsample_factor=2, block_out_channels=(8, 16))
+KL_CFG = VAEConfig(kind="autoencoder_kl", source=None, latent_channels=4, downsample_factor=2, block_out_channels=(8, 16),
+                   layers_per_block=1)
 
 
 def test_generation_codec_shapes():

@@ -1,0 +1,100 @@
+"""GenEval on the shapes world at the end of every validation epoch.
+
+One image per GenEval-format spec of the shapes world (``geneval_eval_specs``: a fixed prompt set with
+its own random stream), scored by a detector and GenEval's rules. Logged: ``val/shapes_geneval/<task>``
+for the six tasks and ``val/shapes_geneval/overall``, their mean (GenEval's "average over tasks").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from jf_lightning.callbacks.sample_grid import (
+    evaluation_mode,
+    gather_rows,
+    move_before_weight_swappers,
+    rank_share,
+    render_prompts,
+    templater_for,
+)
+from jf_lightning.data.shapes_world import geneval_eval_specs
+from jf_lightning.data.templates import TemplateStyle
+from jf_lightning.metrics.detectors import Detector, ShapesDetector
+from jf_lightning.metrics.geneval import GenEvalOptions, evaluate_image, summarize
+from jf_lightning.metrics.images import resize_images
+
+PREFIX = "val/shapes_geneval"
+
+
+class ShapesGenEvalCallback(Callback):
+    """Scores the model (the EMA weights, which the EMA callback swaps in for validation) on
+    ``6 * n_per_task`` shapes-world GenEval prompts; every rank draws a disjoint share.
+
+    ``detector``: anything with ``detect(image) -> list[Detection]`` (default :class:`ShapesDetector`);
+    GenEval's Mask2Former + CLIP colours can plug in the same way for real images. ``image_size``:
+    resize generated images to this before detection (None: as generated). Image ``i`` of the prompt
+    set uses noise seed ``seed + i``, so scores do not depend on the number of ranks or the batch size.
+    """
+
+    def __init__(
+        self,
+        n_per_task: int = 8,
+        steps: int = 30,
+        cfg_weight: float | None = 2.0,
+        image_size: int | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        detector: Detector | None = None,
+        template: TemplateStyle | None = None,
+        options: GenEvalOptions | None = None,
+    ):
+        if n_per_task < 1 or batch_size < 1:
+            raise ValueError("ShapesGenEvalCallback needs n_per_task >= 1 and batch_size >= 1")
+        self.n_per_task, self.steps, self.cfg_weight = n_per_task, steps, cfg_weight
+        self.image_size, self.seed, self.batch_size = image_size, seed, batch_size
+        self.detector = detector if detector is not None else ShapesDetector()
+        self.template = template
+        self.options = options or GenEvalOptions()
+        self.specs = geneval_eval_specs(seed, n_per_task)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        move_before_weight_swappers(trainer, self)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name, value in self.evaluate(trainer, pl_module).items():
+            # identical on every rank already; sync_dist keeps every rank's logged value (and any
+            # checkpoint monitor on it) well defined at the cost of one tiny all-reduce
+            pl_module.log(f"{PREFIX}/{name}", value, sync_dist=True)
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """``{task: accuracy, ..., "overall": mean}`` over the whole prompt set, on every rank."""
+        share = rank_share(len(self.specs), trainer.global_rank, trainer.world_size)
+        mine = [max(i, 0) for i in share]  # padding entries redo spec 0 and are dropped on gather
+        specs = [self.specs[i] for i in mine]
+        with evaluation_mode(pl_module):
+            images = self.generate(trainer, pl_module, specs, [self.seed + i for i in mine])
+        images = resize_images(images, self.image_size)  # (k, 3, S, S) uint8
+        correct = torch.tensor([self.score(img, spec) for img, spec in zip(images, specs, strict=True)])
+        correct = gather_rows(trainer, share, correct, len(self.specs))  # (N,) bool, spec order
+        return summarize((spec["tag"], bool(ok)) for spec, ok in zip(self.specs, correct))
+
+    def generate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, specs: Sequence[Mapping[str, Any]], seeds: list[int]
+    ) -> torch.Tensor:
+        """(k, 3, H, W) uint8: one image per spec's prompt (the seam tests replace with an oracle)."""
+        templater = templater_for(trainer, pl_module, self.template)
+        prompts = [spec["prompt"] for spec in specs]
+        return render_prompts(trainer, pl_module, templater, prompts, seeds, self.steps, self.cfg_weight, self.batch_size)
+
+    def score(self, image: torch.Tensor, spec: Mapping[str, Any]) -> bool:
+        """(3, H, W) uint8 -> does it satisfy the spec under GenEval's rules?"""
+        detections = self.detector.detect(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+        return evaluate_image(detections, spec, self.options)[0]

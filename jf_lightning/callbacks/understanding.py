@@ -1,0 +1,93 @@
+"""Understanding accuracy on held-out shapes-world questions at the end of every validation epoch.
+
+Fresh scenes (a stream disjoint from the training shards), the world's own questions and phrasing,
+greedy answers through ``JanusFlow.answer``, normalised exact match. Logged: ``val/und_accuracy`` and
+``val/und_accuracy/<question_type>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+from jf_lightning.callbacks.sample_grid import (
+    evaluation_mode,
+    gather_rows,
+    move_before_weight_swappers,
+    rank_share,
+    templater_for,
+)
+from jf_lightning.data.templates import Templater, TemplateStyle
+from jf_lightning.data.transforms import und_transform
+from jf_lightning.metrics.prompting import decode_answers, encode_understanding
+from jf_lightning.metrics.understanding import SCORED_TYPES, HeldOutQuestion, exact_match_accuracy, heldout_questions
+
+
+class UnderstandingAccuracyCallback(Callback):
+    """Asks ``n_questions`` held-out questions (one scene each, types in ``question_types``) with the
+    EMA weights (swapped in for validation by the EMA callback); every rank answers a disjoint share.
+
+    Scenes are rendered at the model's image size and go through the training transform
+    (``und_transform``). Answers are decoded greedily for up to ``max_new_tokens`` tokens and cut at EOS.
+    """
+
+    def __init__(
+        self,
+        n_questions: int = 64,
+        seed: int = 0,
+        max_new_tokens: int = 8,
+        batch_size: int = 16,
+        question_types: Sequence[str] = SCORED_TYPES,
+        template: TemplateStyle | None = None,
+    ):
+        if n_questions < 1 or max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("UnderstandingAccuracyCallback needs n_questions, max_new_tokens, batch_size >= 1")
+        self.n_questions, self.seed, self.max_new_tokens = n_questions, seed, max_new_tokens
+        self.batch_size, self.template = batch_size, template
+        self.questions = heldout_questions(seed, n_questions, tuple(question_types))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        move_before_weight_swappers(trainer, self)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name, value in self.evaluate(trainer, pl_module).items():
+            pl_module.log(f"val/{name}", value, sync_dist=True)  # identical on every rank already
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """``{"und_accuracy": x, "und_accuracy/<type>": ...}`` over all questions, on every rank."""
+        templater = templater_for(trainer, pl_module, self.template)
+        share = rank_share(len(self.questions), trainer.global_rank, trainer.world_size)
+        mine = [self.questions[max(i, 0)] for i in share]  # padding redoes question 0, dropped on gather
+        with evaluation_mode(pl_module):
+            ids = self.answer_ids(trainer, pl_module, templater, mine)  # (k, max_new_tokens)
+        ids = gather_rows(trainer, share, ids, len(self.questions))  # (N, max_new_tokens), question order
+        predictions = decode_answers(templater.tokenizer, ids, templater.eos)
+        return exact_match_accuracy(
+            predictions, [q.answer for q in self.questions], [q.question_type for q in self.questions]
+        )
+
+    def answer_ids(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, templater: Templater, questions: list[HeldOutQuestion]
+    ) -> torch.Tensor:
+        """(k, max_new_tokens) long: greedy answer tokens, EOS-padded (the seam tests replace with an oracle)."""
+        model, size = pl_module.model, pl_module.model.cfg.image_size
+        out = []
+        for i in range(0, len(questions), self.batch_size):
+            chunk = questions[i : i + self.batch_size]
+            pixels = torch.stack([und_transform(q.image(size), size) for q in chunk])  # (b, 3, S, S)
+            batch = encode_understanding(templater, [q.question for q in chunk], pixels).to(pl_module.device)
+            with trainer.precision_plugin.forward_context():
+                new = model.answer(
+                    batch.input_ids, batch.attention_mask, batch.und_pixels, batch.und_slots,
+                    max_new_tokens=self.max_new_tokens, top_p=None,
+                    eos_token_id=templater.eos, pad_token_id=templater.pad,
+                )  # (b, <= max_new_tokens)  # fmt: skip
+            # EOS-pad to a fixed width: rows gather across ranks as one tensor, and decoding cuts at EOS
+            out.append(F.pad(new.cpu(), (0, self.max_new_tokens - new.shape[1]), value=templater.eos))
+        return torch.cat(out)

@@ -1,0 +1,267 @@
+"""The LightningDataModule: WebDataset sources -> whole ``PackedBatch``es built inside loader workers.
+
+Batch numbering: loader worker ``w`` of ``W`` on DDP rank ``r`` of ``N`` builds the global batch indices
+``b = start + r + N * (w + W * i)``, i = 0, 1, ... The DataLoader hands out its workers' items round
+robin, so rank ``r`` trains on ``start + r, start + r + N, ...`` in order, and every batch is a pure
+function of (seed, b) except for which samples the per-worker streams deliver: kind counts (from the
+ratio schedule), source choices, crops and prompt drops all come from a per-batch RNG seeded by
+(seed, b).
+
+The ratio schedule is written in optimizer steps (as the paper's Table 1); one optimizer step consumes
+``N * accumulate_grad_batches`` batches, so the schedule is stretched by that factor before use.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from jf_lightning.data.batch import PackedBatch
+from jf_lightning.data.mixing import RatioSchedule, apportion
+from jf_lightning.data.packing import pack
+from jf_lightning.data.sources import KINDS, Kind, OrderedStream, RawSample, ResampledStream, SourceConfig
+from jf_lightning.data.templates import Templater, TemplateStyle
+from jf_lightning.data.transforms import gen_transform, und_transform
+
+_TRAIN, _VAL = 0, 1  # RNG stream tags: validation never shares random numbers with training
+
+
+class PackedBatchStream(IterableDataset):
+    """Builds whole packed batches. ``num_batches=None``: infinite training stream from resampled
+    shards; otherwise a finite validation stream of batches ``0 .. num_batches - 1`` read in a fixed
+    order (the same batches whatever the worker count), without prompt drop."""
+
+    def __init__(
+        self,
+        sources: dict[Kind, list[SourceConfig]],
+        schedule: RatioSchedule,
+        templater: Templater,
+        batch_size: int,
+        seq_len: int,
+        image_size: int,
+        prompt_drop_prob: float,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        num_batches: int | None = None,
+    ):
+        self.sources, self.schedule, self.templater = sources, schedule, templater
+        self.batch_size, self.seq_len, self.image_size = batch_size, seq_len, image_size
+        self.prompt_drop_prob, self.seed = prompt_drop_prob, seed
+        self.rank, self.world_size, self.start, self.num_batches = rank, world_size, start, num_batches
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.num_batches is None:
+            # The start index is part of the key so a resumed run does not replay the first shards.
+            key = f"{self.seed}/{self.start}/{self.rank}/{worker}"
+            streams: dict = {k: ResampledStream(s, key) for k, s in self.sources.items()}
+        else:
+            streams = {k: OrderedStream(s) for k, s in self.sources.items()}
+        for i in itertools.count():
+            b = self.start + self.rank + self.world_size * (worker + num_workers * i)
+            if self.num_batches is not None and b >= self.start + self.num_batches:
+                return
+            yield self.build(b, streams)
+
+    def build(self, b: int, streams: dict) -> PackedBatch:
+        """Batch ``b``: kind counts from the schedule, every random choice from the (seed, b) RNG."""
+        counts = self.schedule.kind_counts(b, self.batch_size)
+        train = self.num_batches is None
+        rng = np.random.default_rng([self.seed, _TRAIN if train else _VAL, b])
+        crops = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        samples = []
+        for kind in KINDS:
+            if counts[kind] == 0:
+                continue
+            if train:
+                raws = [streams[kind].next(rng) for _ in range(counts[kind])]
+            else:  # offset of batch b in this kind's fixed order = samples of this kind before it
+                offset = apportion(b * self.batch_size, self.schedule.ratios[0])[KINDS.index(kind)]
+                raws = streams[kind].read(offset, counts[kind])
+            samples += [self._sample(raw, rng, crops, train) for raw in raws]
+        pad = self.templater.pad
+        return pack(samples, self.seq_len, pad, batch_index=b, image_size=self.image_size)
+
+    def _sample(self, raw: RawSample, rng: np.random.Generator, crops: torch.Generator, train: bool):
+        pixels = None
+        if raw.image is not None and raw.kind == "und":
+            pixels = und_transform(raw.image, self.image_size)
+        elif raw.image is not None:
+            pixels = gen_transform(raw.image, self.image_size, crops)
+        drop = train and raw.kind == "gen" and bool(rng.random() < self.prompt_drop_prob)
+        return self.templater.from_raw(raw, pixels, drop_prompt=drop, max_text_len=self.seq_len)
+
+
+class _StreamLoader(DataLoader):
+    """Sets the dataset's start index each time iteration begins (a new epoch after
+    ``limit_train_batches`` continues the stream instead of replaying it)."""
+
+    def __init__(self, dataset: PackedBatchStream, start_fn, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self._start_fn = start_fn
+
+    def __iter__(self):
+        self.dataset.start = self._start_fn()  # workers are forked after this and copy the new start
+        return super().__iter__()
+
+
+def _group(sources: list[SourceConfig]) -> dict[Kind, list[SourceConfig]]:
+    resolved = [s.resolved() for s in sources]  # raises on missing shards, before training starts
+    return {k: [s for s in resolved if s.kind == k] for k in KINDS if any(s.kind == k for s in resolved)}
+
+
+class JanusFlowDataModule(LightningDataModule):
+    """Streams understanding / generation / text WebDataset sources, mixes them by a step schedule,
+    templates, tokenizes and packs them into ``PackedBatch``es (see the module docstring)."""
+
+    def __init__(
+        self,
+        sources: list[SourceConfig],
+        tokenizer: str,
+        val_sources: list[SourceConfig] | None = None,
+        image_size: int = 384,
+        num_und_tokens: int = 576,
+        num_gen_tokens: int = 576,
+        ratio_schedule: list[tuple[int, tuple[float, float, float]]] = ((0, (30.0, 50.0, 20.0)),),
+        batch_size: int = 16,
+        seq_len: int = 4096,
+        prompt_drop_prob: float = 0.1,
+        template: TemplateStyle = "pretrain",
+        num_workers: int = 4,
+        seed: int = 0,
+        val_batches: int = 8,
+        pin_memory: bool = False,
+    ):
+        """
+        Args:
+            sources: Training sources (shard pattern, kind, weight within its kind).
+            tokenizer: Hub id or local directory for ``AutoTokenizer.from_pretrained``; it must have
+                bos/eos/pad tokens and ``<begin_of_image>``, ``<end_of_image>``, ``<image_placeholder>``.
+            val_sources: Validation sources; None = no validation batches.
+            image_size: Side of the square images, both tasks (384 for the release, 256 in ablations).
+            num_und_tokens: Understanding-encoder tokens per image (576 = (384 / 16)^2).
+            num_gen_tokens: Latent tokens per generated image (576 = 48^2 latent / 2x2 patches).
+            ratio_schedule: ``[[start_step, [und, gen, text]], ...]`` in optimizer steps, first at 0.
+                Validation uses the first ratio, restricted to the kinds ``val_sources`` provide.
+            batch_size: Samples per batch (per rank and micro-batch), packed into a varying row count.
+            seq_len: Tokens per packed row.
+            prompt_drop_prob: Chance that a generation prompt is dropped (classifier-free guidance).
+            template: ``pretrain`` (paper's pre-training formats) or ``sft`` (User/Assistant chat).
+            num_workers: DataLoader workers; each builds whole batches.
+            seed: Seeds every random choice (with the batch index) and the per-worker shard streams.
+            val_batches: Number of validation batches (a fixed sequence).
+            pin_memory: Pin batches in the loader (off: ``PackedBatch`` has no ``pin_memory`` method,
+                so pinning would be a no-op anyway).
+        """
+        super().__init__()
+        self.sources, self.val_sources, self.tokenizer_source = list(sources), val_sources, tokenizer
+        self.image_size, self.num_und_tokens, self.num_gen_tokens = image_size, num_und_tokens, num_gen_tokens
+        self.schedule = RatioSchedule(ratio_schedule)
+        self.batch_size, self.seq_len, self.prompt_drop_prob = batch_size, seq_len, prompt_drop_prob
+        self.template, self.num_workers, self.seed = template, num_workers, seed
+        self.val_batches, self.pin_memory = val_batches, pin_memory
+        self._tokenizer = None
+        self._train: dict[Kind, list[SourceConfig]] | None = None
+        self._val: dict[Kind, list[SourceConfig]] | None = None
+        self._start = 0  # first global batch index of the next training iteration
+        self._last_index: int | None = None  # last training batch index seen by the training loop
+
+    @property
+    def tokenizer(self):
+        """The loaded tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer  # heavy import, only when a tokenizer is needed
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
+        return self._tokenizer
+
+    def _dist(self) -> tuple[int, int, int]:
+        """(rank, world_size, batches per optimizer step)."""
+        trainer = self._trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size(), dist.get_world_size() * accumulate
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size, trainer.world_size * accumulate
+        return 0, 1, accumulate
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check every shard pattern and the tokenizer before any training step."""
+        if stage in (None, "fit") and self._train is None:
+            self._train = _group(self.sources)
+            missing = sorted(self.schedule.kinds_used() - set(self._train))
+            if missing:
+                raise ValueError(f"ratio_schedule draws {missing} samples but no training source has that kind")
+        if stage in (None, "fit", "validate") and self.val_sources and self._val is None:
+            self._val = _group(self.val_sources)
+        self._templater()
+
+    def _templater(self) -> Templater:
+        return Templater(self.tokenizer, self.num_und_tokens, self.num_gen_tokens, self.template)
+
+    def _loader(self, dataset: PackedBatchStream, **kwargs) -> DataLoader:
+        return (_StreamLoader if "start_fn" in kwargs else DataLoader)(
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self.setup("fit")
+        rank, world, per_step = self._dist()
+        dataset = PackedBatchStream(
+            self._train, self.schedule.scaled(per_step), self._templater(), self.batch_size, self.seq_len,
+            self.image_size, self.prompt_drop_prob, self.seed, rank, world, start=self._start,
+        )
+        return self._loader(dataset, start_fn=self._next_batch_index)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_sources:
+            return []
+        if self._val is None:
+            self.setup("validate")
+        ratio = [r if kind in self._val else 0 for kind, r in zip(KINDS, self.schedule.ratios[0])]
+        if sum(ratio) == 0:
+            raise ValueError(f"val_sources provide {sorted(self._val)} but the first ratio draws none of them")
+        rank, world, _ = self._dist()
+        # Ranks split the val_batches between them; with DDP keep val_batches a multiple of the world
+        # size, or ranks run different numbers of validation steps.
+        dataset = PackedBatchStream(
+            self._val, RatioSchedule([(0, ratio)]), self._templater(), self.batch_size, self.seq_len,
+            self.image_size, 0.0, self.seed, rank, world, start=0, num_batches=self.val_batches,
+        )
+        return self._loader(dataset)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The batch the training loop is about to use (the loaders prefetch ahead: what the workers
+        # have built says nothing about what was trained on).
+        if isinstance(batch, PackedBatch) and self._trainer is not None and self._trainer.training:
+            self._last_index = batch.batch_index
+        return batch
+
+    def _next_batch_index(self) -> int:
+        """First batch index not yet trained on by any rank (the start of the next step group)."""
+        if self._last_index is None:
+            return self._start
+        rank, world, _ = self._dist()
+        return self._last_index - rank + world
+
+    def state_dict(self) -> dict[str, Any]:
+        # Recorded: the next global batch index, so a resumed run continues the batch numbering (kind
+        # counts, source choices, crops and prompt drops are functions of (seed, index) and so resume
+        # exactly). Missing for full exact resumption: the position of each worker's shard streams
+        # (shard RNG state, offset inside the shard). A resumed run seeds fresh streams (the start
+        # index is in their seed), so it sees different, not repeated, samples than an uninterrupted
+        # run would. Resuming with another world size or accumulation changes the step<->index map.
+        return {"next_batch_index": self._next_batch_index(), "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._start, self._last_index = int(state_dict["next_batch_index"]), None

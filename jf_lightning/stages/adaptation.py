@@ -1,0 +1,16 @@
+"""Stage 1, adaptation: only the new parts learn; the pretrained LLM and SigLIP stay frozen."""
+
+from __future__ import annotations
+
+from jf_lightning.stages.base import JanusFlowStage
+
+
+class AdaptationStage(JanusFlowStage):
+    """Table 1, stage 1: trains the aligners, the begin embedding, g_enc, g_dec and the REPA head
+    (and C's ConvNeXt understanding encoder, which is new too). lr 1e-4, 2,000 warm-up steps. The REPA
+    gradient still flows through the frozen LLM blocks 1..k into the generation encoder."""
+
+    trainable_groups = ("adapters",)
+
+    def __init__(self, lr: float = 1e-4, warmup_steps: int = 2000, **kwargs):
+        super().__init__(lr=lr, warmup_steps=warmup_steps, **kwargs)

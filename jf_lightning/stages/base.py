@@ -1,0 +1,268 @@
+"""The shared base of the three training stages: model building, freezing, losses, optimizer.
+
+A stage is a policy (which top-level parts of the model train) plus the paper's hyperparameters for
+that stage; everything else lives here. The math is in ``flow/`` and ``models/``: ``training_step``
+only samples the flow inputs, calls the model and weighs the losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.flow.rectified_flow import interpolate, repa_loss, rf_loss, sample_logit_normal, velocity_target
+from jf_lightning.models.config import JanusFlowConfig, preset as preset_config, with_ablation
+from jf_lightning.models.janusflow import JanusFlow, load_janusflow
+
+LOSS_KEYS = ("ar_loss", "rf_loss", "repa_loss")
+PartGroup = Literal["llm", "siglip", "adapters"]
+
+
+# ------------------------------------------------------------------------------------ model config
+
+
+def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _leaf_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def apply_overrides(cfg: JanusFlowConfig, overrides: dict[str, Any] | None) -> JanusFlowConfig:
+    """Set dotted keys (``{"llm.source": "...", "repa.layer": 8}``) on a copy of ``cfg``."""
+    cfg = dataclasses.replace(cfg)  # the top level; nested parts are replaced below as they change
+    valid = _leaf_keys(cfg)
+    for key, value in (overrides or {}).items():
+        if key not in valid:
+            raise ValueError(f"unknown model override {key!r}: valid keys are {', '.join(valid)}")
+        *path, leaf = key.split(".")
+        parent = cfg
+        for name in path:  # copy each nested dataclass on the way so the preset object stays untouched
+            child = dataclasses.replace(getattr(parent, name))
+            setattr(parent, name, child)
+            parent = child
+        if isinstance(getattr(parent, leaf), tuple) and isinstance(value, list):
+            value = tuple(value)  # YAML has no tuples
+        setattr(parent, leaf, value)
+    return cfg
+
+
+def resolve_config(preset: str = "tiny", ablation: str | None = None, overrides: dict | None = None) -> JanusFlowConfig:
+    """Preset, then the Table 6 ablation, then the user's dotted overrides; validated."""
+    cfg = preset_config(preset)
+    if ablation is not None:
+        cfg = with_ablation(cfg, ablation)
+    cfg = apply_overrides(cfg, overrides)
+    cfg.validate()
+    return cfg
+
+
+# -------------------------------------------------------------------------------------- freezing
+
+
+def part_groups(model: JanusFlow) -> dict[str, list[str]]:
+    """Top-level parts of ``model`` by role, as the paper's freeze table speaks of them:
+
+    - ``llm``: the language model (embeddings, blocks, LM head);
+    - ``siglip``: a pretrained SigLIP that serves understanding (absent in ablations B, C, E);
+    - ``adapters``: everything trained from scratch: aligners, the begin-of-understanding embedding,
+      the generation encoder/decoder, the REPA head, and the ConvNeXt understanding encoder of C;
+    - ``always_frozen``: the VAE and a SigLIP kept only as the REPA target (never trained).
+    """
+    frozen_ids = {id(m) for m in model.always_frozen()}
+    groups: dict[str, list[str]] = {"llm": [], "siglip": [], "adapters": [], "always_frozen": []}
+    for name, child in model.named_children():
+        if id(child) in frozen_ids:
+            groups["always_frozen"].append(name)
+        elif name == "language_model":
+            groups["llm"].append(name)
+        elif name == "vision_und_enc_model" and model.cfg.und_encoder == "siglip":
+            groups["siglip"].append(name)
+        else:
+            groups["adapters"].append(name)
+    groups["adapters"] += [name for name, _ in model.named_parameters(recurse=False)]  # beg_of_und_embed
+    return groups
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+class JanusFlowStage(LightningModule):
+    """Base of the training stages. Subclasses set ``trainable_groups`` (the freeze policy) and
+    their Table 1 defaults; nothing else differs between stages."""
+
+    trainable_groups: tuple[PartGroup, ...] = ("llm", "siglip", "adapters")
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        ablation: Literal["A", "B", "C", "D", "E", "F"] | None = None,
+        overrides: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        warmup_steps: int = 2000,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        ar_weight: float = 1.0,
+        rf_weight: float = 1.0,
+        repa_weight: float = 1.0,
+        time_mean: float = 0.0,
+        time_std: float = 1.0,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            preset: Model preset of ``models/config.py`` (``tiny``, ``janusflow-1.3b``, ``ablation-256``).
+            ablation: Table 6 variant applied onto the preset (A no REPA, B shared VAE+ConvNeXt encoder,
+                C two VAE+ConvNeXt encoders, D understanding only, E generation only, F final design).
+            overrides: Dotted keys set on the model config after preset and ablation,
+                e.g. ``{"llm.source": "deepseek-ai/deepseek-vl-1.3b-base", "repa.layer": 8}``.
+            lr: Peak learning rate of AdamW (reached after the warm-up, then constant).
+            warmup_steps: Optimizer steps of linear warm-up.
+            betas: AdamW betas (the paper: 0.9, 0.95).
+            weight_decay: AdamW weight decay (the paper: 0).
+            ar_weight: Weight of the next-token loss on response and text tokens.
+            rf_weight: Weight of the rectified-flow velocity loss.
+            repa_weight: Weight of the REPA alignment loss (the paper states none: 1).
+            time_mean: Mean of the logit-normal training-time distribution (before the sigmoid).
+            time_std: Standard deviation of the logit-normal training-time distribution.
+            seed: Seed of the flow noise and times; each batch's generator mixes it with the batch's
+                stream index and the global rank, so runs are reproducible and ranks differ.
+        """
+        super().__init__()
+        # Logged by the CLI as part of the whole resolved config; not again by Lightning.
+        self.save_hyperparameters(logger=False)
+        self.model_config = resolve_config(preset, ablation, overrides)  # fail early on a bad config
+        self.model: JanusFlow | None = None  # built in configure_model: construction stays cheap
+
+    # ------------------------------------------------------------------------------- building
+
+    def configure_model(self) -> None:
+        # Idempotent: Lightning, load_from_checkpoint and the EMA callback may all call it.
+        # (FSDP sharding will be applied here, after the build and the freeze.)
+        if self.model is not None:
+            return
+        self.model = load_janusflow(self.model_config)
+        self.apply_freeze_policy()
+
+    def trainable_parts(self) -> list[str]:
+        """Names of the top-level model parts this stage trains (the freeze policy)."""
+        groups = part_groups(self.model)
+        return [name for group in self.trainable_groups for name in groups[group]]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        trainable = set(self.trainable_parts())
+        parts = [m for name, m in self.model.named_children() if name not in trainable]
+        return parts + self.model.always_frozen()  # always_frozen may sit inside a trained part (C)
+
+    def apply_freeze_policy(self) -> None:
+        """requires_grad on exactly the trainable parts; frozen parts in eval mode."""
+        self.model.requires_grad_(False)
+        for name in self.trainable_parts():
+            getattr(self.model, name).requires_grad_(True)
+        for module in self.model.always_frozen():  # e.g. the VAE inside C's understanding encoder
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> JanusFlowStage:
+        # Frozen parts stay in eval mode whatever Lightning (or a user) switches the rest to.
+        super().train(mode)
+        if self.model is not None:
+            for module in self.frozen_modules():
+                module.eval()
+        return self
+
+    # ---------------------------------------------------------------------------------- losses
+
+    def flow_generator(self, batch_index: int, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded by (seed, batch index, global rank, salt): reproducible per batch,
+        different across ranks; ``salt`` separates training (0) from validation (1)."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        entropy = [self.hparams.seed, int(batch_index), rank, salt]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def flow_inputs(self, batch: PackedBatch, generator: torch.Generator):
+        """Clean latents x (N, C, h, w), noise z0 like x, times t (N,) and z_t for the generation rows."""
+        x = batch.gen_latents if batch.gen_latents is not None else self.model.vae.encode(batch.gen_pixels)
+        t = sample_logit_normal(
+            x.shape[0], generator, self.hparams.time_mean, self.hparams.time_std, device=x.device
+        )  # (N,)
+        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)  # (N, C, h, w)
+        return x, noise, t, interpolate(x, noise, t)
+
+    def compute_losses(self, batch: PackedBatch, generator: torch.Generator | None = None) -> dict:
+        """The per-batch objective: ``ar_loss`` (None without labelled tokens), ``rf_loss`` and
+        ``repa_loss`` (None without generation rows or REPA), and ``loss``, their weighted sum."""
+        generator = generator if generator is not None else self.flow_generator(batch.batch_index)
+        x = noise = z_t = t = None
+        if batch.num_gen:
+            x, noise, t, z_t = self.flow_inputs(batch, generator)
+        out = self.model(batch, z_t, t)
+        losses = {"ar_loss": out.ar_loss, "rf_loss": None, "repa_loss": None}
+        if out.velocity is not None:
+            losses["rf_loss"] = rf_loss(out.velocity, velocity_target(x, noise))
+        if out.repa_pred is not None:
+            losses["repa_loss"] = repa_loss(out.repa_pred, self.model.repa_targets(batch))
+        weights = {"ar_loss": self.hparams.ar_weight, "rf_loss": self.hparams.rf_weight,
+                   "repa_loss": self.hparams.repa_weight}  # fmt: skip
+        present = [weights[k] * v for k, v in losses.items() if v is not None]
+        if not present:
+            raise ValueError("batch has neither labelled tokens nor generation samples: nothing to learn")
+        losses["loss"] = torch.stack(present).sum()
+        return losses
+
+    # ---------------------------------------------------------------------------------- steps
+
+    def _counts(self, batch: PackedBatch) -> dict[str, int]:
+        """How many elements each loss averages over: the logging weights of its epoch mean."""
+        n_ar = int((batch.labels != IGNORE_INDEX).sum())
+        return {"ar_loss": n_ar, "rf_loss": batch.num_gen, "repa_loss": batch.num_gen, "loss": batch.num_rows}
+
+    def training_step(self, batch: PackedBatch, batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch)
+        counts = self._counts(batch)
+        for key, value in losses.items():
+            if value is not None:
+                self.log(f"train/{key}", value.detach(), batch_size=counts[key], prog_bar=key == "loss")
+        return losses["loss"]
+
+    def expected_losses(self) -> list[str]:
+        """Losses this model can produce (ablation D has no RF, A and D no REPA)."""
+        cfg = self.model_config
+        return ["ar_loss"] + (["rf_loss"] if cfg.generation else []) + (
+            ["repa_loss"] if cfg.generation and cfg.repa.enabled else []
+        )
+
+    def validation_step(self, batch: PackedBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Lightning's batch_idx restarts every validation epoch: the same noise and times each time,
+        # so validation losses are comparable across the run.
+        losses = self.compute_losses(batch, self.flow_generator(batch_idx, salt=1 + dataloader_idx))
+        counts = self._counts(batch)
+        for key in self.expected_losses():
+            # Every rank logs every key (weight 0 when absent): the epoch-end sync needs the same keys
+            # on all ranks, and the weighted mean then ignores the batches without that loss.
+            value = losses[key].detach() if losses[key] is not None else torch.zeros((), device=self.device)
+            n = counts[key] if losses[key] is not None else 0
+            self.log(f"val/{key}", value, batch_size=n, on_epoch=True, sync_dist=True)
+
+    # ------------------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]  # frozen parts stay out
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+        )
+        warmup = max(1, self.hparams.warmup_steps)
+        # Linear warm-up from lr/warmup (no wasted zero-lr step), then constant (Table 1).
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
