@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback
 from jf_lightning.callbacks.sample_grid import (
     evaluation_mode,
     gather_rows,
-    move_before_weight_swappers,
     rank_share,
     render_prompts,
     templater_for,
@@ -54,6 +53,18 @@ class ShapesGenEvalCallback(Callback):
         template: TemplateStyle | None = None,
         options: GenEvalOptions | None = None,
     ):
+        """
+        Args:
+            n_per_task: Prompts per GenEval task (six tasks), drawn once from the shapes world.
+            steps: Euler steps of the sampler.
+            cfg_weight: Classifier-free guidance weight; null samples the conditional branch alone.
+            image_size: Resize generated images to this side before detection; null keeps them.
+            seed: Seeds the prompt set; prompt ``i`` is drawn with noise seed ``seed + i``.
+            batch_size: Images generated per sampler call, per rank.
+            detector: Object detector (``detect(image) -> list[Detection]``); null: ShapesDetector.
+            template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
+            options: GenEval's thresholds; null: GenEval's defaults.
+        """
         if n_per_task < 1 or batch_size < 1:
             raise ValueError("ShapesGenEvalCallback needs n_per_task >= 1 and batch_size >= 1")
         self.n_per_task, self.steps, self.cfg_weight = n_per_task, steps, cfg_weight
@@ -62,9 +73,6 @@ class ShapesGenEvalCallback(Callback):
         self.template = template
         self.options = options or GenEvalOptions()
         self.specs = geneval_eval_specs(seed, n_per_task)
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        move_before_weight_swappers(trainer, self)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -82,17 +90,26 @@ class ShapesGenEvalCallback(Callback):
         with evaluation_mode(pl_module):
             images = self.generate(trainer, pl_module, specs, [self.seed + i for i in mine])
         images = resize_images(images, self.image_size)  # (k, 3, S, S) uint8
-        correct = torch.tensor([self.score(img, spec) for img, spec in zip(images, specs, strict=True)])
-        correct = gather_rows(trainer, share, correct, len(self.specs))  # (N,) bool, spec order
+        # uint8, not bool: every backend (NCCL included) all-gathers it
+        correct = torch.tensor(
+            [self.score(img, spec) for img, spec in zip(images, specs, strict=True)], dtype=torch.uint8
+        )
+        correct = gather_rows(trainer, share, correct, len(self.specs))  # (N,) 0/1, spec order
         return summarize((spec["tag"], bool(ok)) for spec, ok in zip(self.specs, correct))
 
     def generate(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, specs: Sequence[Mapping[str, Any]], seeds: list[int]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        specs: Sequence[Mapping[str, Any]],
+        seeds: list[int],
     ) -> torch.Tensor:
         """(k, 3, H, W) uint8: one image per spec's prompt (the seam tests replace with an oracle)."""
         templater = templater_for(trainer, pl_module, self.template)
         prompts = [spec["prompt"] for spec in specs]
-        return render_prompts(trainer, pl_module, templater, prompts, seeds, self.steps, self.cfg_weight, self.batch_size)
+        return render_prompts(
+            trainer, pl_module, templater, prompts, seeds, self.steps, self.cfg_weight, self.batch_size
+        )
 
     def score(self, image: torch.Tensor, spec: Mapping[str, Any]) -> bool:
         """(3, H, W) uint8 -> does it satisfy the spec under GenEval's rules?"""

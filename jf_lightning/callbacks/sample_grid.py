@@ -18,8 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
-from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
 from jf_lightning.data.templates import Templater, TemplateStyle
 from jf_lightning.metrics.images import generate_images, make_grid
@@ -35,36 +34,28 @@ DEFAULT_PROMPTS = (
 # ------------------------------------------------------------------------------------------ shared helpers
 
 
-def templater_for(trainer: pl.Trainer, pl_module: pl.LightningModule, style: TemplateStyle | None) -> Templater:
-    """The data's own Templater when the datamodule has one (and no style is forced); else one built
-    on the datamodule's (or the module's) tokenizer with ``style`` (default ``pretrain``)."""
+def templater_for(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, style: TemplateStyle | None
+) -> Templater:
+    """A Templater like the data's: the datamodule's tokenizer (or the module's) and template style
+    (``style`` overrides it; ``pretrain`` when neither says), sized by the model's config."""
     datamodule = getattr(trainer, "datamodule", None)
-    templater = getattr(datamodule, "templater", None)
-    if isinstance(templater, Templater) and (style is None or templater.style == style):
-        return templater
-    tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is None:
+        tokenizer = getattr(pl_module, "tokenizer", None)
     if tokenizer is None:
         raise RuntimeError("evaluation callbacks need a tokenizer: expose `.tokenizer` on the datamodule")
+    style = style or getattr(datamodule, "template", None) or "pretrain"
     cfg = pl_module.model.cfg
-    return Templater(tokenizer, cfg.num_und_tokens, cfg.num_gen_tokens, style or "pretrain")
-
-
-def move_before_weight_swappers(trainer: pl.Trainer, callback: Callback) -> None:
-    """Put ``callback`` before the first weight-averaging callback. Those swap the average in at
-    ``on_validation_epoch_start`` and back out at ``on_validation_epoch_end``; hooks run in list order,
-    so an ``on_validation_epoch_end`` evaluation listed after them would score the raw weights.
-    (Moving an element earlier while ``setup`` iterates the list neither skips nor repeats a callback.)"""
-    cbs = trainer.callbacks
-    first = next((i for i, cb in enumerate(cbs) if isinstance(cb, WeightAveraging)), None)
-    mine = next(i for i, cb in enumerate(cbs) if cb is callback)
-    if first is not None and first < mine:
-        cbs.insert(first, cbs.pop(mine))
-        rank_zero_info(f"{type(callback).__name__} moved before {type(cbs[first + 1]).__name__}: it scores the EMA weights")
+    return Templater(tokenizer, cfg.num_und_tokens, cfg.num_gen_tokens, style)
 
 
 @contextlib.contextmanager
 def averaged_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
-    """Outside validation: swap the weight-averaging callbacks' averages in, and back out after."""
+    """Outside validation: swap the weight-averaging callbacks' averages in, and back out after.
+
+    (During validation the EMA callback has already swapped them in, and keeps them in until
+    ``on_validation_end``, after every callback's ``on_validation_epoch_end``.)"""
     swappers = [
         cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging) and cb._average_model is not None
     ]
@@ -89,6 +80,18 @@ def evaluation_mode(pl_module: pl.LightningModule) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """This run's own directory, as the CLI's checkpoints use it: ``<save_dir>/<name>/<version>``
+    (MLflow: ``<root>/<experiment id>/<run id>``). Rank 0 only: unlike ``trainer.log_dir`` it runs
+    no collective, and unlike it, it is never shared between MLflow runs."""
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return Path(logger.log_dir)
+    return Path(logger.save_dir or trainer.default_root_dir, str(logger.name), str(logger.version))
 
 
 def rank_share(n: int, rank: int, world_size: int) -> list[int]:
@@ -131,7 +134,7 @@ def render_prompts(
 class SampleGridCallback(Callback):
     """Every ``every_n_steps`` optimizer steps and at the end of training: one image per (prompt, seed)
     with the EMA weights, as a PNG grid (a row per prompt, a column per seed) saved under
-    ``<log_dir>/samples/step_XXXXXX.png`` and logged to MLflow as the artifact
+    ``<run dir>/samples/step_XXXXXX.png`` (beside the run's checkpoints) and logged to MLflow as the artifact
     ``samples/step_XXXXXX.png``."""
 
     def __init__(
@@ -145,6 +148,17 @@ class SampleGridCallback(Callback):
         batch_size: int = 16,
         captions: bool = True,
     ):
+        """
+        Args:
+            every_n_steps: Draw a grid every this many optimizer steps (and once when training ends).
+            prompts: Text prompts, one grid row each.
+            seeds: Noise seeds, one grid column each (the same seeds every time: grids compare).
+            steps: Euler steps of the sampler.
+            cfg_weight: Classifier-free guidance weight; null samples the conditional branch alone.
+            template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
+            batch_size: Images generated per sampler call, per rank.
+            captions: Write each prompt under its image.
+        """
         if every_n_steps < 1 or not prompts or not seeds:
             raise ValueError("SampleGridCallback needs every_n_steps >= 1, prompts and seeds")
         self.every_n_steps, self.steps, self.cfg_weight = every_n_steps, steps, cfg_weight
@@ -152,10 +166,6 @@ class SampleGridCallback(Callback):
         self.template, self.batch_size, self.captions = template, batch_size, captions
         self._last_step = -1
         self.dirpath: Path | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # trainer.log_dir broadcasts from rank 0: ask on every rank here, never inside a rank-0 branch
-        self.dirpath = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps: repeats across accumulated micro-batches
@@ -176,9 +186,15 @@ class SampleGridCallback(Callback):
         templater = templater_for(trainer, pl_module, self.template)
         with averaged_weights(trainer, pl_module), evaluation_mode(pl_module):
             images = render_prompts(
-                trainer, pl_module, templater, [prompts[i] for i in mine], [seeds[i] for i in mine],
-                self.steps, self.cfg_weight, self.batch_size,
-            )  # fmt: skip
+                trainer,
+                pl_module,
+                templater,
+                [prompts[i] for i in mine],
+                [seeds[i] for i in mine],
+                self.steps,
+                self.cfg_weight,
+                self.batch_size,
+            )
         images = gather_rows(trainer, share, images, len(prompts))  # (P*S, 3, H, W) uint8
         if not trainer.is_global_zero:
             return None
@@ -186,7 +202,7 @@ class SampleGridCallback(Callback):
         return self._save(trainer, grid, step)
 
     def _save(self, trainer: pl.Trainer, grid, step: int) -> Path:
-        assert self.dirpath is not None, "setup() was not called"
+        self.dirpath = run_dir(trainer) / "samples"
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"step_{step:06d}.png"
         grid.save(path)

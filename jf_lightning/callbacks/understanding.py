@@ -17,14 +17,18 @@ from lightning.pytorch.callbacks import Callback
 from jf_lightning.callbacks.sample_grid import (
     evaluation_mode,
     gather_rows,
-    move_before_weight_swappers,
     rank_share,
     templater_for,
 )
 from jf_lightning.data.templates import Templater, TemplateStyle
 from jf_lightning.data.transforms import und_transform
 from jf_lightning.metrics.prompting import decode_answers, encode_understanding
-from jf_lightning.metrics.understanding import SCORED_TYPES, HeldOutQuestion, exact_match_accuracy, heldout_questions
+from jf_lightning.metrics.understanding import (
+    SCORED_TYPES,
+    HeldOutQuestion,
+    exact_match_accuracy,
+    heldout_questions,
+)
 
 
 class UnderstandingAccuracyCallback(Callback):
@@ -44,14 +48,23 @@ class UnderstandingAccuracyCallback(Callback):
         question_types: Sequence[str] = SCORED_TYPES,
         template: TemplateStyle | None = None,
     ):
+        """
+        Args:
+            n_questions: Held-out questions, one fresh scene each.
+            seed: Seeds the held-out scenes and questions (a stream apart from the training shards').
+            max_new_tokens: Longest answer decoded (greedy), in tokens.
+            batch_size: Questions answered per decoding call, per rank.
+            question_types: Which of the world's question types to ask (``caption`` is possible but
+                exact match on a whole caption is harsh).
+            template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
+        """
         if n_questions < 1 or max_new_tokens < 1 or batch_size < 1:
-            raise ValueError("UnderstandingAccuracyCallback needs n_questions, max_new_tokens, batch_size >= 1")
+            raise ValueError(
+                "UnderstandingAccuracyCallback needs n_questions, max_new_tokens, batch_size >= 1"
+            )
         self.n_questions, self.seed, self.max_new_tokens = n_questions, seed, max_new_tokens
         self.batch_size, self.template = batch_size, template
         self.questions = heldout_questions(seed, n_questions, tuple(question_types))
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        move_before_weight_swappers(trainer, self)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -73,7 +86,11 @@ class UnderstandingAccuracyCallback(Callback):
         )
 
     def answer_ids(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, templater: Templater, questions: list[HeldOutQuestion]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        templater: Templater,
+        questions: list[HeldOutQuestion],
     ) -> torch.Tensor:
         """(k, max_new_tokens) long: greedy answer tokens, EOS-padded (the seam tests replace with an oracle)."""
         model, size = pl_module.model, pl_module.model.cfg.image_size
@@ -84,10 +101,15 @@ class UnderstandingAccuracyCallback(Callback):
             batch = encode_understanding(templater, [q.question for q in chunk], pixels).to(pl_module.device)
             with trainer.precision_plugin.forward_context():
                 new = model.answer(
-                    batch.input_ids, batch.attention_mask, batch.und_pixels, batch.und_slots,
-                    max_new_tokens=self.max_new_tokens, top_p=None,
-                    eos_token_id=templater.eos, pad_token_id=templater.pad,
-                )  # (b, <= max_new_tokens)  # fmt: skip
+                    batch.input_ids,
+                    batch.attention_mask,
+                    batch.und_pixels,
+                    batch.und_slots,
+                    max_new_tokens=self.max_new_tokens,
+                    top_p=None,
+                    eos_token_id=templater.eos,
+                    pad_token_id=templater.pad,
+                )  # (b, <= max_new_tokens)
             # EOS-pad to a fixed width: rows gather across ranks as one tensor, and decoding cuts at EOS
             out.append(F.pad(new.cpu(), (0, self.max_new_tokens - new.shape[1]), value=templater.eos))
         return torch.cat(out)

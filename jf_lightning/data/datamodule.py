@@ -14,7 +14,7 @@ The ratio schedule is written in optimizer steps (as the paper's Table 1); one o
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,8 +120,13 @@ def _group(sources: list[SourceConfig]) -> dict[Kind, list[SourceConfig]]:
 
 
 class JanusFlowDataModule(LightningDataModule):
-    """Streams understanding / generation / text WebDataset sources, mixes them by a step schedule,
-    templates, tokenizes and packs them into ``PackedBatch``es (see the module docstring)."""
+    """WebDataset sources of three kinds -> mixed, templated, packed ``PackedBatch``es.
+
+    The kinds are mixed by a step schedule; batches are built whole in the loader workers and numbered
+    globally (see the module docstring). Hooks ``on_before_batch_transfer`` to learn which batch the
+    training loop consumed (for ``state_dict``): a LightningModule override of that hook is ignored
+    by Lightning while this one exists.
+    """
 
     def __init__(
         self,
@@ -163,6 +168,10 @@ class JanusFlowDataModule(LightningDataModule):
                 so pinning would be a no-op anyway).
         """
         super().__init__()
+        if not 0.0 <= prompt_drop_prob <= 1.0:
+            raise ValueError(f"prompt_drop_prob must be in [0, 1], got {prompt_drop_prob}")
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         self.sources, self.val_sources, self.tokenizer_source = list(sources), val_sources, tokenizer
         self.image_size, self.num_und_tokens, self.num_gen_tokens = image_size, num_und_tokens, num_gen_tokens
         self.schedule = RatioSchedule(ratio_schedule)
@@ -186,7 +195,7 @@ class JanusFlowDataModule(LightningDataModule):
 
     def _dist(self) -> tuple[int, int, int]:
         """(rank, world_size, batches per optimizer step)."""
-        trainer = self._trainer
+        trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size(), dist.get_world_size() * accumulate
@@ -200,7 +209,9 @@ class JanusFlowDataModule(LightningDataModule):
             self._train = _group(self.sources)
             missing = sorted(self.schedule.kinds_used() - set(self._train))
             if missing:
-                raise ValueError(f"ratio_schedule draws {missing} samples but no training source has that kind")
+                raise ValueError(
+                    f"ratio_schedule draws {missing} samples but no training source has that kind"
+                )
         if stage in (None, "fit", "validate") and self.val_sources and self._val is None:
             self._val = _group(self.val_sources)
         self._templater()
@@ -218,8 +229,17 @@ class JanusFlowDataModule(LightningDataModule):
             self.setup("fit")
         rank, world, per_step = self._dist()
         dataset = PackedBatchStream(
-            self._train, self.schedule.scaled(per_step), self._templater(), self.batch_size, self.seq_len,
-            self.image_size, self.prompt_drop_prob, self.seed, rank, world, start=self._start,
+            self._train,
+            self.schedule.scaled(per_step),
+            self._templater(),
+            self.batch_size,
+            self.seq_len,
+            self.image_size,
+            self.prompt_drop_prob,
+            self.seed,
+            rank,
+            world,
+            start=self._start,
         )
         return self._loader(dataset, start_fn=self._next_batch_index)
 
@@ -230,20 +250,32 @@ class JanusFlowDataModule(LightningDataModule):
             self.setup("validate")
         ratio = [r if kind in self._val else 0 for kind, r in zip(KINDS, self.schedule.ratios[0])]
         if sum(ratio) == 0:
-            raise ValueError(f"val_sources provide {sorted(self._val)} but the first ratio draws none of them")
+            raise ValueError(
+                f"val_sources provide {sorted(self._val)} but the first ratio draws none of them"
+            )
         rank, world, _ = self._dist()
         # Ranks split the val_batches between them; with DDP keep val_batches a multiple of the world
         # size, or ranks run different numbers of validation steps.
         dataset = PackedBatchStream(
-            self._val, RatioSchedule([(0, ratio)]), self._templater(), self.batch_size, self.seq_len,
-            self.image_size, 0.0, self.seed, rank, world, start=0, num_batches=self.val_batches,
+            self._val,
+            RatioSchedule([(0, ratio)]),
+            self._templater(),
+            self.batch_size,
+            self.seq_len,
+            self.image_size,
+            0.0,
+            self.seed,
+            rank,
+            world,
+            start=0,
+            num_batches=self.val_batches,
         )
         return self._loader(dataset)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # The batch the training loop is about to use (the loaders prefetch ahead: what the workers
         # have built says nothing about what was trained on).
-        if isinstance(batch, PackedBatch) and self._trainer is not None and self._trainer.training:
+        if isinstance(batch, PackedBatch) and self.trainer is not None and self.trainer.training:
             self._last_index = batch.batch_index
         return batch
 
@@ -261,7 +293,11 @@ class JanusFlowDataModule(LightningDataModule):
         # (shard RNG state, offset inside the shard). A resumed run seeds fresh streams (the start
         # index is in their seed), so it sees different, not repeated, samples than an uninterrupted
         # run would. Resuming with another world size or accumulation changes the step<->index map.
-        return {"next_batch_index": self._next_batch_index(), "seed": self.seed, "batch_size": self.batch_size}
+        return {
+            "next_batch_index": self._next_batch_index(),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._start, self._last_index = int(state_dict["next_batch_index"]), None

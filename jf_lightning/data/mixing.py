@@ -14,6 +14,7 @@ exact; and equal shares rotate batch by batch (1:1:1 at B = 4 gives 2:1:1, 1:2:1
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -61,12 +62,14 @@ class RatioSchedule:
         if not entries or entries[0][0] != 0:
             raise ValueError(f"ratio schedule must start at step 0, got {entries}")
         starts = [start for start, _ in entries]
-        if any(b <= a for a, b in zip(starts, starts[1:])):
+        if any(b <= a for a, b in itertools.pairwise(starts)):
             raise ValueError(f"ratio schedule start steps must increase, got {starts}")
         for start, ratio in entries:
             if len(ratio) != len(KINDS) or min(ratio) < 0 or sum(ratio) <= 0:
-                raise ValueError(f"ratio at step {start} must be 3 non-negative numbers (und, gen, text) "
-                                 f"with a positive sum, got {ratio}")
+                raise ValueError(
+                    f"ratio at step {start} must be 3 non-negative numbers (und, gen, text) "
+                    f"with a positive sum, got {ratio}"
+                )
         self.starts = starts
         self.ratios = [_integer_ratio(ratio) for _, ratio in entries]
 

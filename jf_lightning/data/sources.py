@@ -206,6 +206,11 @@ def _cycle_shards(urls: list[str], kind: Kind, pick: Iterator[str]) -> Iterator[
             raise ValueError(f"shards {urls[0]!r}... ({len(urls)}) hold no {kind} samples")
 
 
+def _resample(urls: list[str], rng: random.Random) -> Iterator[str]:
+    while True:
+        yield rng.choice(urls)
+
+
 class ResampledStream:
     """Infinite training stream of one kind, mixing its sources by weight.
 
@@ -221,8 +226,7 @@ class ResampledStream:
         for i, src in enumerate(sources):
             urls = list(src.urls)  # already resolved
             shard_rng = random.Random(f"{seed_key}/{self.kind}/{i}")  # str seeds hash the same everywhere
-            pick = (shard_rng.choice(urls) for _ in itertools.count())
-            self._iters.append(_cycle_shards(urls, self.kind, pick))
+            self._iters.append(_cycle_shards(urls, self.kind, _resample(urls, shard_rng)))
         weights = np.array([s.weight for s in sources], dtype=np.float64)
         self._p = weights / weights.sum()
 

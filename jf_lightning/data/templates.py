@@ -86,7 +86,9 @@ class Templater:
     BOS and EOS are placed here, never by the tokenizer.
     """
 
-    def __init__(self, tokenizer, num_und_tokens: int, num_gen_tokens: int, style: TemplateStyle = "pretrain"):
+    def __init__(
+        self, tokenizer, num_und_tokens: int, num_gen_tokens: int, style: TemplateStyle = "pretrain"
+    ):
         if style not in ("pretrain", "sft"):
             raise ValueError(f"template must be 'pretrain' or 'sft', got {style!r}")
         for name in ("bos", "eos", "pad"):

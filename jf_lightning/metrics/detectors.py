@@ -120,6 +120,9 @@ class ShapesDetector:
         self.return_masks = return_masks
         self._color_names = list(self.palette)
         self._colors = np.array([self.palette[c] for c in self._color_names], dtype=np.float32)  # (C, 3)
+        pale = [c for c, rgb in zip(self._color_names, self._colors) if np.linalg.norm(255.0 - rgb) < 60.0]
+        if pale:
+            raise ValueError(f"palette colours {pale} are too close to the white background to segment")
         self._prototypes = np.array([_PROTOTYPES[c] for c in self.classes])  # (K, 3)
 
     def detect(self, image: Image.Image | np.ndarray) -> list[Detection]:

@@ -32,14 +32,18 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
     """N RGB PIL images of one size -> (N, 3, H, W) uint8."""
-    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1) for im in images])
+    return torch.stack(
+        [torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1) for im in images]
+    )
 
 
 def resize_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> (N, 3, size, size) uint8 (bilinear, antialiased); None keeps them."""
     if size is None or images.shape[-1] == size == images.shape[-2]:
         return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -85,7 +89,12 @@ def generate_images(
     out = []
     for i in range(0, len(prompt_ids), batch_size):
         latents = generate_latents(
-            model, list(prompt_ids[i : i + batch_size]), list(seeds[i : i + batch_size]), pad_id, steps, cfg_weight
+            model,
+            list(prompt_ids[i : i + batch_size]),
+            list(seeds[i : i + batch_size]),
+            pad_id,
+            steps,
+            cfg_weight,
         )  # (b, C, h, w)
         out.append(latents_to_images(model.vae, latents))
     return torch.cat(out)

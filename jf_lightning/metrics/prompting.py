@@ -37,7 +37,9 @@ def generation_prompt_ids(templater: Templater, prompt: str) -> list[int]:
     return sample.input_ids[: sample.slots[0].start]
 
 
-def understanding_prompt_ids(templater: Templater, question: str, pixels: torch.Tensor) -> tuple[list[int], int]:
+def understanding_prompt_ids(
+    templater: Templater, question: str, pixels: torch.Tensor
+) -> tuple[list[int], int]:
     """(prompt ids up to where the answer starts, offset of the image slot) for one question.
 
     ``question`` is the human turn as the data writes it (``"<image>\\n..."``; without the marker the
@@ -60,7 +62,9 @@ class AnswerBatch:
     und_slots: torch.Tensor  # (B, 2) long: (row, column of <begin_of_image>) in padded coordinates
 
     def to(self, device) -> AnswerBatch:
-        return AnswerBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.und_pixels, self.und_slots)))
+        return AnswerBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.und_pixels, self.und_slots))
+        )
 
 
 def encode_understanding(templater: Templater, questions: list[str], pixels: torch.Tensor) -> AnswerBatch:

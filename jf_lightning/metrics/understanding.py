@@ -26,7 +26,9 @@ def exact_match_accuracy(
     """``{"und_accuracy": mean, "und_accuracy/<type>": mean per type}`` over normalised exact matches.
     Empty input gives an empty dict (nothing to log rather than a fake 0)."""
     if not len(predictions) == len(references) == len(types):
-        raise ValueError(f"lengths differ: {len(predictions)} predictions, {len(references)} references, {len(types)} types")
+        raise ValueError(
+            f"lengths differ: {len(predictions)} predictions, {len(references)} references, {len(types)} types"
+        )
     hits: dict[str, list[bool]] = {}
     for pred, ref, qtype in zip(predictions, references, types):
         hits.setdefault(qtype, []).append(normalize_answer(pred) == normalize_answer(ref))
@@ -58,7 +60,9 @@ def heldout_questions(seed: int, n: int, types: Sequence[str] = SCORED_TYPES) ->
     """
     unknown = set(types) - set(world.QUESTION_TYPES)
     if unknown or not types:
-        raise ValueError(f"question types must be a non-empty subset of {world.QUESTION_TYPES}, got {list(types)}")
+        raise ValueError(
+            f"question types must be a non-empty subset of {world.QUESTION_TYPES}, got {list(types)}"
+        )
     return [_draw(np.random.default_rng([seed, _HELDOUT_STREAM, i]), types) for i in range(n)]
 
 

@@ -265,4 +265,5 @@ class JanusFlowStage(LightningModule):
         warmup = max(1, self.hparams.warmup_steps)
         # Linear warm-up from lr/warmup (no wasted zero-lr step), then constant (Table 1).
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        # "name" is what LearningRateMonitor logs it as: train/lr sorts with the other train metrics
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}

@@ -50,6 +50,18 @@ def _record(kind: str, shard: int, i: int) -> dict:
     return record
 
 
+@pytest.fixture(name="write_shard")
+def write_shard_fixture():
+    """``write_shard(path, records) -> str``: a shard of the given records."""
+    return write_shard
+
+
+@pytest.fixture(name="png")
+def png_fixture():
+    """``png(color, (w, h)) -> bytes``: a one-colour PNG."""
+    return png
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_shapes_tokenizer()

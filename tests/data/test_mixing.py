@@ -84,7 +84,15 @@ def test_scaled_stretches_start_steps():
 
 
 @pytest.mark.parametrize(
-    "entries", [[], [(1, (1, 1, 1))], [(0, (1, 1))], [(0, (-1, 1, 1))], [(0, (0, 0, 0))], [(0, (1, 1, 1)), (0, (1, 1, 1))]]
+    "entries",
+    [
+        [],
+        [(1, (1, 1, 1))],
+        [(0, (1, 1))],
+        [(0, (-1, 1, 1))],
+        [(0, (0, 0, 0))],
+        [(0, (1, 1, 1)), (0, (1, 1, 1))],
+    ],
 )
 def test_bad_schedules_are_refused(entries):
     with pytest.raises(ValueError):

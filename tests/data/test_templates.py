@@ -41,7 +41,11 @@ def und_block(t: Templater, n: int) -> list[int]:
 def test_pretrain_caption_layout(tpl, tokenizer):
     s = tpl.caption("A red circle.", pixels())
     expected = (
-        [tpl.bos] + und_block(tpl, T_UND) + tpl.encode(CAPTION_INSTRUCTION) + tpl.encode(" A red circle.") + [tpl.eos]
+        [tpl.bos]
+        + und_block(tpl, T_UND)
+        + tpl.encode(CAPTION_INSTRUCTION)
+        + tpl.encode(" A red circle.")
+        + [tpl.eos]
     )
     assert s.input_ids == expected
     assert_shifted(s)
@@ -58,7 +62,9 @@ def test_pretrain_caption_layout(tpl, tokenizer):
 def test_pretrain_qa_layout(tpl, tokenizer):
     s = tpl.conversation([("<image>\nWhat color is the circle?", "The circle is red.")], pixels())
     q = tpl.encode("\nWhat color is the circle?")
-    assert s.input_ids == [tpl.bos] + und_block(tpl, T_UND) + q + tpl.encode(" The circle is red.") + [tpl.eos]
+    assert s.input_ids == [tpl.bos] + und_block(tpl, T_UND) + q + tpl.encode(" The circle is red.") + [
+        tpl.eos
+    ]
     assert_shifted(s)
     assert tokenizer.decode(targets(s), skip_special_tokens=True) == "The circle is red."
 
@@ -67,16 +73,29 @@ def test_sft_understanding_layout_and_multi_turn(sft, tokenizer):
     turns = [("<image>\nWhat color is the circle?", "red"), ("Is it round?", "yes")]
     s = sft.conversation(turns, pixels())
     expected = (
-        [sft.bos] + sft.encode("User: ") + und_block(sft, T_UND) + sft.encode("\nWhat color is the circle?")
-        + sft.encode("\n\nAssistant:") + sft.encode(" red") + [sft.eos]
-        + sft.encode("User: ") + sft.encode("Is it round?") + sft.encode("\n\nAssistant:") + sft.encode(" yes")
+        [sft.bos]
+        + sft.encode("User: ")
+        + und_block(sft, T_UND)
+        + sft.encode("\nWhat color is the circle?")
+        + sft.encode("\n\nAssistant:")
+        + sft.encode(" red")
+        + [sft.eos]
+        + sft.encode("User: ")
+        + sft.encode("Is it round?")
+        + sft.encode("\n\nAssistant:")
+        + sft.encode(" yes")
         + [sft.eos]
     )
     assert s.input_ids == expected
     assert_shifted(s)
     assert s.slots[0].start == 1 + len(sft.encode("User: "))
     assert s.input_ids[s.slots[0].start] == sft.boi
-    assert tokenizer.convert_ids_to_tokens(targets(s)) == ["red", sft.tokenizer.eos_token, "yes", sft.tokenizer.eos_token]
+    assert tokenizer.convert_ids_to_tokens(targets(s)) == [
+        "red",
+        sft.tokenizer.eos_token,
+        "yes",
+        sft.tokenizer.eos_token,
+    ]
 
 
 def test_image_goes_first_without_marker(sft):
@@ -88,7 +107,9 @@ def test_image_goes_first_without_marker(sft):
 
 def test_sft_caption_is_a_one_turn_conversation(sft, tokenizer):
     s = sft.caption("A red circle.", pixels())
-    text = tokenizer.decode(s.input_ids[1 + len(sft.encode("User: ")) + T_UND + 2 :], skip_special_tokens=True)
+    text = tokenizer.decode(
+        s.input_ids[1 + len(sft.encode("User: ")) + T_UND + 2 :], skip_special_tokens=True
+    )
     assert text.startswith("Generate the caption of this picture.")
     assert tokenizer.decode(targets(s), skip_special_tokens=True) == "A red circle."
 
@@ -107,7 +128,10 @@ def test_generation_layouts(tpl, sft):
 @pytest.mark.parametrize("style", ["pretrain", "sft"])
 def test_prompt_drop_pads_and_masks_exactly_the_prompt(tokenizer, style):
     t = Templater(tokenizer, T_UND, T_GEN, style)
-    kept, dropped = t.generation("a red square", pixels()), t.generation("a red square", pixels(), drop_prompt=True)
+    kept, dropped = (
+        t.generation("a red square", pixels()),
+        t.generation("a red square", pixels(), drop_prompt=True),
+    )
     boi = kept.slots[0].start
     assert dropped.slots[0].start == boi and len(dropped) == len(kept) and dropped.prompt_dropped
     assert dropped.input_ids[0] == t.bos and dropped.key_mask[0]

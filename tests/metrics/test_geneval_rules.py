@@ -65,7 +65,8 @@ def test_counting_is_exact_through_exclude():
     # a fourth square below the counting threshold is not counted
     assert evaluate_image([*three, det("square", x=60, score=0.5)], s)[0]
     # include alone is "at least"
-    assert evaluate_image([*three, det("square", x=60)], spec("counting", [{"class": "square", "count": 3}]))[0]
+    at_least = spec("counting", [{"class": "square", "count": 3}])
+    assert evaluate_image([*three, det("square", x=60)], at_least)[0]
 
 
 def test_max_objects_caps_per_class_counts():
@@ -79,7 +80,9 @@ def test_nms_off_by_default_and_optional():
     dup = [det("circle", score=0.99), det("circle", x=11, score=0.98)]
     assert len(group_detections(dup, "single_object")["circle"]) == 2
     assert len(group_detections(dup, "single_object", GenEvalOptions(nms_threshold=0.5))["circle"]) == 1
-    grouped = group_detections([det("circle", score=0.5), det("circle", score=0.9), det("circle", score=0.1)], "x")
+    grouped = group_detections(
+        [det("circle", score=0.5), det("circle", score=0.9), det("circle", score=0.1)], "x"
+    )
     assert [d.score for d in grouped["circle"]] == [0.9, 0.5]  # sorted, thresholded
 
 
@@ -111,7 +114,10 @@ def test_color_attr():
 )
 def test_position(relation, dx, dy):
     target, obj = det("square", x=40, y=40), det("circle", x=40 + dx, y=40 + dy)
-    s = spec("position", [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": [relation, 0]}])
+    s = spec(
+        "position",
+        [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": [relation, 0]}],
+    )
     assert evaluate_image([target, obj], s)[0]
     opposite = det("circle", x=40 - dx, y=40 - dy)
     ok, why = evaluate_image([target, opposite], s)
@@ -119,7 +125,10 @@ def test_position(relation, dx, dy):
 
 
 def test_position_needs_a_matched_target():
-    s = spec("position", [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": ["left of", 0]}])
+    s = spec(
+        "position",
+        [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": ["left of", 0]}],
+    )
     ok, why = evaluate_image([det("circle")], s)
     assert not ok and "no target for circle to be left of" in why
 
@@ -145,7 +154,9 @@ def test_exclude_any_clause_fails():
 
 
 def test_summarize_is_a_mean_of_task_means():
-    results = [("counting", True)] * 3 + [("counting", False)] + [("colors", True)] * 2 + [("position", False)]
+    results = (
+        [("counting", True)] * 3 + [("counting", False)] + [("colors", True)] * 2 + [("position", False)]
+    )
     out = summarize(results)
     assert list(out) == ["counting", "colors", "position", "overall"]
     assert out["counting"] == 0.75 and out["colors"] == 1.0 and out["position"] == 0.0

@@ -1,0 +1,163 @@
+"""The ``jf`` command (``python -m jf_lightning``): LightningCLI over the stages and the data module.
+
+``jf fit -c experiments/tiny.yaml`` trains; ``jf validate -c ... --ckpt_path ...`` evaluates;
+``--print_config`` shows the resolved configuration. What the CLI adds to plain LightningCLI:
+
+- the data module's image size and token counts are linked from the model config (one source);
+- ``shapes_world``: the synthetic dataset a config trains on, written on first use if absent;
+- MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
+  config saved beside the checkpoints and logged to the run (file artifact + flattened params);
+- always-on callbacks: ``checkpoint`` (ModelCheckpoint, last.ckpt), ``ema`` (decay 0.99) and a
+  learning-rate monitor; and one closing line saying where the run and the checkpoint are.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.fabric.utilities.logger import _flatten_dict
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+
+from jf_lightning.callbacks.ema import EMA
+from jf_lightning.data.datamodule import JanusFlowDataModule
+from jf_lightning.data.shapes_shards import write_shapes_world
+from jf_lightning.stages.base import JanusFlowStage, resolve_config
+
+AUTO = "auto"
+"""Experiment name placeholder: replaced by the stem of the first config file."""
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ROOT_DIR = "mlruns"  # checkpoints land in mlruns/<experiment>/<run>/, beside MLflow's artifacts/
+
+
+def _model_sizes(preset: str, ablation: str | None, overrides: dict | None) -> dict[str, int]:
+    cfg = resolve_config(preset, ablation, overrides)
+    return {"image_size": cfg.image_size, "num_und_tokens": cfg.num_und_tokens, "num_gen_tokens": cfg.num_gen_tokens}
+
+
+def run_dir(trainer) -> Path:
+    """The directory Lightning's ModelCheckpoint uses for this run, without its ``checkpoints``."""
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    root = logger.save_dir or trainer.default_root_dir
+    return Path(root, str(logger.name), str(logger.version))
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """Saves the resolved config as ``<run dir>/config.yaml`` (beside ``checkpoints/``) and logs it to
+    MLflow, as the file artifact ``config.yaml`` and as flattened params (``model.init_args.lr``, ...)."""
+
+    def __init__(self, *args, **kwargs):
+        # Lightning's own copy goes to trainer.log_dir, which MLflow leaves shared between runs.
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        path = run_dir(trainer) / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path))
+            logger.log_hyperparams(_flatten_dict(yaml.safe_load(text) or {}, delimiter="."))
+
+
+class JanusFlowCLI(LightningCLI):
+    def __init__(self, args: Any = None, run: bool = True, **kwargs):
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
+        kwargs.setdefault("trainer_defaults", {
+            "default_root_dir": DEFAULT_ROOT_DIR,
+            "gradient_clip_val": 1.0,  # every stage of the paper
+            "logger": {"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {
+                "experiment_name": AUTO, "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)}},
+            "callbacks": [LearningRateMonitor(logging_interval="step")],  # always added
+        })  # fmt: skip
+        super().__init__(
+            JanusFlowStage,
+            JanusFlowDataModule,
+            subclass_mode_model=True,
+            save_config_callback=SaveConfigToRun,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.add_lightning_class_args(EMA, "ema")
+        parser.add_argument(
+            "--shapes_world", type=dict[str, int | str] | None, default=None,
+            help="Keyword arguments of data.shapes_shards.write_shapes_world (out_dir, seed, train_samples, "
+            "val_samples, image_size, samples_per_shard): the shapes world is written there before "
+            "fit/validate if absent (a directory with the same manifest is reused as is).",
+        )  # fmt: skip
+        model_keys = tuple(f"model.init_args.{k}" for k in ("preset", "ablation", "overrides"))
+        for key in ("image_size", "num_und_tokens", "num_gen_tokens"):
+            parser.link_arguments(
+                model_keys, f"data.{key}", compute_fn=lambda p, a, o, key=key: _model_sizes(p, a, o)[key]
+            )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.logger
+        if isinstance(logger, dict) or not hasattr(logger, "class_path"):
+            return
+        if logger.class_path.endswith("MLFlowLogger"):
+            args = logger.init_args
+            if args.experiment_name == AUTO:
+                files = [Path(str(c)) for c in (config.get("config") or [])]
+                args.experiment_name = files[0].stem if files else "jf_lightning"
+            if args.run_name is None:
+                stage = config.model.class_path.rsplit(".", 1)[-1]
+                args.run_name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def _write_shapes_world(self) -> None:
+        spec = self.config[self.subcommand].get("shapes_world")
+        if spec:  # idempotent: a directory with the same manifest is left untouched
+            write_shapes_world(**dict(spec))
+
+    def before_fit(self) -> None:
+        self._write_shapes_world()
+
+    def before_validate(self) -> None:
+        self._write_shapes_world()
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(run_summary(self.trainer))
+
+
+def run_summary(trainer) -> str:
+    """One line: where the MLflow run and the last checkpoint are, and how to open them."""
+    parts = []
+    logger = trainer.logger
+    if isinstance(logger, MLFlowLogger):
+        uri = logger._tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
+        parts.append(f"MLflow run {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}; "
+                     f"open with: mlflow ui --backend-store-uri {uri}")  # fmt: skip
+    ckpt = trainer.checkpoint_callback
+    path = ckpt.last_model_path or ckpt.best_model_path if ckpt is not None else ""
+    parts.append(f"checkpoint: {Path(path).absolute() if path else 'none saved'}")
+    return "; ".join(parts)
+
+
+def main(args: Any = None) -> None:
+    # Frozen parts are in eval mode on purpose (the stage's freeze policy): not worth a warning.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    JanusFlowCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

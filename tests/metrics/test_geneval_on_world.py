@@ -1,0 +1,38 @@
+"""The bar: ShapesDetector + GenEval's rules score >= 0.98 overall on ground-truth images of the world."""
+
+import numpy as np
+import pytest
+
+from jf_lightning.metrics.detectors import ShapesDetector
+from jf_lightning.metrics.geneval import GENEVAL_TASKS, evaluate_image, relative_position, summarize
+
+world = pytest.importorskip("jf_lightning.data.shapes_world")
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_ground_truth_images_score_at_least_098(size):
+    detector = ShapesDetector()
+    specs = world.geneval_eval_specs(seed=0, n_per_task=32)
+    rng = np.random.default_rng(size)
+    results, failures = [], []
+    for spec in specs:
+        image = world.render_scene(world.scene_for_spec(spec, rng), size)
+        correct, reason = evaluate_image(detector.detect(image), spec)
+        results.append((spec["tag"], correct))
+        if not correct:
+            failures.append(f"{spec['prompt']}: {reason}")
+    scores = summarize(results)
+    assert set(scores) == {*GENEVAL_TASKS, "overall"}
+    assert scores["overall"] >= 0.98, (scores, failures[:10])
+
+
+def test_world_and_rules_agree_on_relations():
+    rng = np.random.default_rng(0)
+
+    def box():
+        (x0, x1), (y0, y1) = np.sort(rng.uniform(0, 1, (2, 2)), axis=1)
+        return (x0, y0, x1, y1)
+
+    for _ in range(500):
+        a, b = box(), box()
+        assert relative_position(a, b) == world.relative_position(a, b)

@@ -1,0 +1,142 @@
+"""Freeze policies: exactly which parts train in each stage and ablation, and that frozen parts stay
+frozen (no grad, not in the optimizer, unchanged by a step, in eval mode through trainer.fit)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader
+
+from jf_lightning.models.config import with_ablation, tiny
+from tests.stages.conftest import ABLATIONS, STAGES, built, tiny_batch
+
+GEN = {"vision_gen_enc_model", "vision_gen_enc_aligner", "vision_gen_dec_aligner_norm", "vision_gen_dec_aligner",
+       "vision_gen_dec_model"}  # fmt: skip
+UND = {"vision_und_enc_aligner", "beg_of_und_embed"}
+
+
+def expected_adapters(ablation: str) -> set[str]:
+    """Written out per ablation (not derived from the code under test)."""
+    return {
+        "A": GEN | UND,  # no REPA head
+        "B": GEN | {"beg_of_und_embed", "repa_head"},  # understanding reuses g_enc and its aligner
+        "C": GEN | UND | {"vision_und_enc_model", "repa_head"},  # C's ConvNeXt encoder is new
+        "D": UND,  # understanding only
+        "E": GEN | {"repa_head"},  # generation only
+        "F": GEN | UND | {"repa_head"},
+    }[ablation]
+
+
+def expected_trainable(stage: str, ablation: str) -> set[str]:
+    parts = expected_adapters(ablation)
+    if stage in ("pretraining", "sft"):
+        parts |= {"language_model"}
+    if stage == "sft" and ablation in ("A", "D", "F"):  # the SigLIP that serves understanding
+        parts |= {"vision_und_enc_model"}
+    return parts
+
+
+def top_level_names(model, trainable: bool) -> set[str]:
+    return {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad == trainable}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_exactly_the_policy_parts_train_and_are_optimized(stage, ablation):
+    module = built(STAGES[stage], ablation=ablation)
+    model = module.model
+    expected = expected_trainable(stage, ablation)
+    assert top_level_names(model, trainable=True) == expected
+    # no part is half trained (a whole top-level part is either trained or frozen)
+    assert not top_level_names(model, trainable=True) & top_level_names(model, trainable=False)
+    for part in model.always_frozen():
+        assert not any(p.requires_grad for p in part.parameters())
+    optimizer = module.configure_optimizers()["optimizer"]
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in module.parameters() if p.requires_grad}
+
+
+def test_siglip_kept_only_as_repa_target_is_frozen_even_in_sft():
+    module = built(STAGES["sft"], ablation="B")
+    target = module.model.repa_target_encoder
+    assert target is not None and not any(p.requires_grad for p in target.parameters())
+    module.train()
+    assert not any(m.training for m in target.modules())
+
+
+def test_frozen_modules_stay_eval_after_train():
+    module = built(STAGES["adaptation"])
+    module.train()
+    assert not any(m.training for m in module.model.language_model.modules())
+    assert not any(m.training for m in module.model.vision_und_enc_model.modules())
+    assert module.model.vision_gen_enc_model.training and module.model.repa_head.training
+
+
+def test_configure_model_is_idempotent():
+    module = built(STAGES["sft"])
+    model = module.model
+    module.configure_model()
+    assert module.model is model
+
+
+def test_warmup_is_linear_then_constant():
+    module = built(STAGES["sft"], lr=1e-3, warmup_steps=4)
+    opt = module.configure_optimizers()
+    optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    assert opt["lr_scheduler"]["interval"] == "step"
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["weight_decay"] == 0.0
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def _fit(module, steps: int = 2):
+    batches = [tiny_batch(module.model_config, seed=i, batch_index=i) for i in range(steps)]
+    trainer = Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1,
+        gradient_clip_val=1.0,
+    )  # fmt: skip
+    # batch_size=None: the list items are already whole batches (no collation)
+    trainer.fit(module, DataLoader(batches, batch_size=None), DataLoader(batches[:1], batch_size=None))
+    return trainer
+
+
+@pytest.mark.parametrize("stage,ablation", [("adaptation", "F"), ("pretraining", "C")])
+def test_a_training_step_changes_only_trainable_parameters(stage, ablation):
+    module = built(STAGES[stage], ablation=ablation)
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    _fit(module)
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            continue
+        assert torch.equal(p, before[name]), f"frozen {name} changed"
+    changed = [name for name, p in module.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
+    assert any(n.startswith("model.vision_gen_dec_model") for n in changed)
+    assert not any(p.grad is not None for p in module.parameters() if not p.requires_grad)
+    # frozen parts are still in eval mode after fit (which validated in between), trained ones in train
+    frozen_tops = top_level_names(module.model, trainable=False) - top_level_names(module.model, trainable=True)
+    for name in frozen_tops:
+        assert not any(m.training for m in getattr(module.model, name).modules()), name
+    assert module.model.vision_gen_dec_model.training
+
+
+def test_tiny_preset_config_is_untouched_by_ablations():
+    cfg = tiny()
+    with_ablation(cfg, "C")
+    assert cfg.und_encoder == "siglip"
+
+
+def test_checkpoint_round_trip_rebuilds_model_and_policy(tmp_path):
+    module = built(STAGES["adaptation"], lr=3e-4)
+    trainer = _fit(module, steps=1)
+    trainer.save_checkpoint(tmp_path / "stage.ckpt")
+    loaded = STAGES["adaptation"].load_from_checkpoint(tmp_path / "stage.ckpt")
+    assert loaded.hparams.lr == 3e-4
+    for (name, a), (_, b) in zip(module.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert top_level_names(loaded.model, trainable=True) == expected_trainable("adaptation", "F")

@@ -1,0 +1,85 @@
+"""The CLI: every shipped YAML parses, --print_config works, model-derived sizes reach the data module,
+the MLflow experiment is named after the config file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jf_lightning.cli import JanusFlowCLI, main, run_summary
+from jf_lightning.stages.base import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+TINY = EXPERIMENTS / "tiny.yaml"
+# Files under experiments/<group>/ are partial configs of that CLI group (e.g. trainer/cpu.yaml).
+GROUPS = {"trainer", "model", "data"}
+
+
+def all_yamls() -> list[Path]:
+    return sorted(EXPERIMENTS.rglob("*.yaml"))
+
+
+def args_for(path: Path) -> list[str]:
+    group = path.parent.name
+    if path.parent != EXPERIMENTS and group in GROUPS:
+        return ["-c", str(TINY), f"--{group}", str(path)]
+    return ["-c", str(path)]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the MLflow client creates mlflow.db in the working directory
+    monkeypatch.setattr(sys, "argv", ["jf"])  # pytest's own arguments are not the CLI's
+
+
+def test_experiments_folder_has_the_embedded_default():
+    assert TINY in all_yamls()
+
+
+@pytest.mark.parametrize("path", all_yamls(), ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_every_experiment_yaml_parses(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args_for(path), "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("jf_lightning.stages.")
+    assert printed["trainer"]["gradient_clip_val"] == 1.0
+
+
+def data_sizes(cli) -> tuple[int, int, int]:
+    return cli.datamodule.image_size, cli.datamodule.num_und_tokens, cli.datamodule.num_gen_tokens
+
+
+def model_sizes(cfg) -> tuple[int, int, int]:
+    return cfg.image_size, cfg.num_und_tokens, cfg.num_gen_tokens
+
+
+def test_model_sizes_are_linked_into_the_data_module():
+    # run=False: no subcommand, the classes are instantiated and nothing runs
+    cli = JanusFlowCLI(args=["-c", str(TINY)], run=False)
+    assert data_sizes(cli) == model_sizes(resolve_config("tiny"))
+    overrides = {"image_size": 64, "siglip.image_size": 64}
+    cli = JanusFlowCLI(args=["-c", str(TINY), f"--model.init_args.overrides={json.dumps(overrides)}"], run=False)
+    cfg = resolve_config("tiny", None, overrides)
+    assert data_sizes(cli) == model_sizes(cfg) and cfg.image_size == 64
+
+
+def test_experiment_named_after_the_config_file_and_summary_line():
+    cli = JanusFlowCLI(args=["-c", str(TINY)], run=False)
+    logger = cli.trainer.logger
+    assert logger._experiment_name == "tiny"
+    assert logger._tracking_uri == "sqlite:///mlflow.db"
+    assert cli.model.model is None  # the model is built in configure_model, not at instantiation
+    line = run_summary(cli.trainer)
+    assert "mlflow ui --backend-store-uri sqlite:////" in line and "checkpoint:" in line and "\n" not in line
+
+
+def test_unknown_model_override_is_a_clear_parse_error(capsys):
+    with pytest.raises(SystemExit):
+        JanusFlowCLI(args=["-c", str(TINY), '--model.init_args.overrides={"llm.sorce": "x"}'], run=False)
+    assert "unknown model override 'llm.sorce': valid keys are image_size, llm.source" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""The embedded default, end to end: ``python -m jf_lightning fit -c experiments/tiny.yaml`` for a few
+steps on a small shapes world, then ``validate`` from its checkpoint; the MLflow store holds both runs
+with their metrics, params and the config artifact."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+# Cheaper evaluation callbacks than tiny.yaml's (a second -c replaces the trainer.callbacks list).
+SMALL = """
+trainer:
+  callbacks:
+    - class_path: jf_lightning.callbacks.sample_grid.SampleGridCallback
+      init_args: {every_n_steps: 1000, prompts: [a photo of a red circle], seeds: [0], steps: 2}
+    - class_path: jf_lightning.callbacks.understanding.UnderstandingAccuracyCallback
+      init_args: {n_questions: 2, max_new_tokens: 2}
+    - class_path: jf_lightning.callbacks.geneval.ShapesGenEvalCallback
+      init_args: {n_per_task: 1, steps: 2}
+"""
+OVERRIDES = [
+    "--shapes_world.train_samples=64", "--shapes_world.val_samples=16", "--trainer.max_steps=3",
+    "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1", "--data.val_batches=1",
+    "--checkpoint.every_n_train_steps=3",
+]  # fmt: skip
+
+
+def jf(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jf_lightning", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_fit_then_validate_logs_to_mlflow(tmp_path):
+    (tmp_path / "small.yaml").write_text(SMALL)
+    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES)
+    assert (tmp_path / "data" / "shapes_world" / "manifest.json").is_file()  # written on first use
+    summary = next(line for line in out.splitlines() if line.startswith("MLflow run "))
+    run_id = re.search(r"MLflow run (\w+)", summary).group(1)
+    ckpt = re.search(r"checkpoint: (\S+)", summary).group(1)
+    assert Path(ckpt).is_file() and Path(ckpt).name == "last.ckpt"
+    assert Path(ckpt).parent.parent == tmp_path / "mlruns" / "1" / run_id  # beside MLflow's artifacts/
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    metrics = run.data.metrics
+    for key in ("train/loss", "train/ar_loss", "train/rf_loss", "train/repa_loss", "val/ar_loss", "val/rf_loss",
+                "val/repa_loss", "train/lr", "val/und_accuracy", "val/shapes_geneval/overall"):  # fmt: skip
+        assert key in metrics, key
+    assert len(client.get_metric_history(run_id, "train/loss")) == 3
+    assert run.data.params["model.class_path"] == "jf_lightning.stages.SFTStage"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert "config.yaml" in artifacts and "samples" in artifacts
+    config = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
+    assert "max_steps: 3" in config
+
+    jf(tmp_path, "validate", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES, f"--ckpt_path={ckpt}")
+    runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2 and "val/rf_loss" in runs[0].data.metrics
