@@ -38,7 +38,11 @@ DEFAULT_ROOT_DIR = "mlruns"  # checkpoints land in mlruns/<experiment>/<run>/, b
 
 def _model_sizes(preset: str, ablation: str | None, overrides: dict | None) -> dict[str, int]:
     cfg = resolve_config(preset, ablation, overrides)
-    return {"image_size": cfg.image_size, "num_und_tokens": cfg.num_und_tokens, "num_gen_tokens": cfg.num_gen_tokens}
+    return {
+        "image_size": cfg.image_size,
+        "num_und_tokens": cfg.num_und_tokens,
+        "num_gen_tokens": cfg.num_gen_tokens,
+    }
 
 
 def run_dir(trainer) -> Path:
@@ -121,6 +125,12 @@ class JanusFlowCLI(LightningCLI):
                 stage = config.model.class_path.rsplit(".", 1)[-1]
                 args.run_name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:  # `logger: false`: LearningRateMonitor would refuse to start
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+        return trainer
+
     def _write_shapes_world(self) -> None:
         spec = self.config[self.subcommand].get("shapes_world")
         if spec:  # idempotent: a directory with the same manifest is left untouched
@@ -144,7 +154,7 @@ def run_summary(trainer) -> str:
     if isinstance(logger, MLFlowLogger):
         uri = logger._tracking_uri
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
         parts.append(f"MLflow run {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}; "
                      f"open with: mlflow ui --backend-store-uri {uri}")  # fmt: skip
     ckpt = trainer.checkpoint_callback

@@ -38,3 +38,15 @@ def _no_network():
     socket.socket.connect = _guarded_connect
     yield
     socket.socket.connect = _real_connect
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_uri():
+    """mlflow.set_tracking_uri (called by Lightning's MLFlowLogger) exports MLFLOW_TRACKING_URI to the
+    process environment; without this, one test's store would leak into every later test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

@@ -64,7 +64,9 @@ def test_model_sizes_are_linked_into_the_data_module():
     cli = JanusFlowCLI(args=["-c", str(TINY)], run=False)
     assert data_sizes(cli) == model_sizes(resolve_config("tiny"))
     overrides = {"image_size": 64, "siglip.image_size": 64}
-    cli = JanusFlowCLI(args=["-c", str(TINY), f"--model.init_args.overrides={json.dumps(overrides)}"], run=False)
+    cli = JanusFlowCLI(
+        args=["-c", str(TINY), f"--model.init_args.overrides={json.dumps(overrides)}"], run=False
+    )
     cfg = resolve_config("tiny", None, overrides)
     assert data_sizes(cli) == model_sizes(cfg) and cfg.image_size == 64
 
@@ -82,4 +84,12 @@ def test_experiment_named_after_the_config_file_and_summary_line():
 def test_unknown_model_override_is_a_clear_parse_error(capsys):
     with pytest.raises(SystemExit):
         JanusFlowCLI(args=["-c", str(TINY), '--model.init_args.overrides={"llm.sorce": "x"}'], run=False)
-    assert "unknown model override 'llm.sorce': valid keys are image_size, llm.source" in capsys.readouterr().err
+    assert (
+        "unknown model override 'llm.sorce': valid keys are image_size, llm.source" in capsys.readouterr().err
+    )
+
+
+def test_runs_without_a_logger_drop_the_learning_rate_monitor():
+    cli = JanusFlowCLI(args=["-c", str(TINY), "--trainer.logger=false"], run=False)
+    assert not cli.trainer.loggers
+    assert not any(type(cb).__name__ == "LearningRateMonitor" for cb in cli.trainer.callbacks)

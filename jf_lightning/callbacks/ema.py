@@ -63,7 +63,9 @@ class EMA(WeightAveraging):
         if stage != "fit" or self.decay is None:
             return
         if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
-            raise ValueError("EMA cannot average sharded parameters yet: set ema.decay: null with FSDP")
+            raise NotImplementedError(
+                "EMA cannot average sharded parameters yet: set ema.decay: null with FSDP"
+            )
         pl_module.configure_model()  # idempotent in our stages; the model must exist to be copied
         self._average_model = AveragedModel(pl_module, use_buffers=False, **self._kwargs)
         share_frozen_parameters(self._average_model.module, pl_module)

@@ -16,11 +16,17 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
-from jf_lightning.flow.rectified_flow import interpolate, repa_loss, rf_loss, sample_logit_normal, velocity_target
-from jf_lightning.models.config import JanusFlowConfig, preset as preset_config, with_ablation
+from jf_lightning.flow.rectified_flow import (
+    interpolate,
+    repa_loss,
+    rf_loss,
+    sample_logit_normal,
+    velocity_target,
+)
+from jf_lightning.models.config import Ablation, JanusFlowConfig, with_ablation
+from jf_lightning.models.config import preset as preset_config
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
 
-LOSS_KEYS = ("ar_loss", "rf_loss", "repa_loss")
 PartGroup = Literal["llm", "siglip", "adapters"]
 
 
@@ -57,7 +63,9 @@ def apply_overrides(cfg: JanusFlowConfig, overrides: dict[str, Any] | None) -> J
     return cfg
 
 
-def resolve_config(preset: str = "tiny", ablation: str | None = None, overrides: dict | None = None) -> JanusFlowConfig:
+def resolve_config(
+    preset: str = "tiny", ablation: str | None = None, overrides: dict | None = None
+) -> JanusFlowConfig:
     """Preset, then the Table 6 ablation, then the user's dotted overrides; validated."""
     cfg = preset_config(preset)
     if ablation is not None:
@@ -106,7 +114,7 @@ class JanusFlowStage(LightningModule):
     def __init__(
         self,
         preset: str = "tiny",
-        ablation: Literal["A", "B", "C", "D", "E", "F"] | None = None,
+        ablation: Ablation | None = None,
         overrides: dict[str, Any] | None = None,
         lr: float = 1e-4,
         warmup_steps: int = 2000,
@@ -239,8 +247,10 @@ class JanusFlowStage(LightningModule):
     def expected_losses(self) -> list[str]:
         """Losses this model can produce (ablation D has no RF, A and D no REPA)."""
         cfg = self.model_config
-        return ["ar_loss"] + (["rf_loss"] if cfg.generation else []) + (
-            ["repa_loss"] if cfg.generation and cfg.repa.enabled else []
+        return (
+            ["ar_loss"]
+            + (["rf_loss"] if cfg.generation else [])
+            + (["repa_loss"] if cfg.generation and cfg.repa.enabled else [])
         )
 
     def validation_step(self, batch: PackedBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -260,10 +270,16 @@ class JanusFlowStage(LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]  # frozen parts stay out
         optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+            params,
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
         )
         warmup = max(1, self.hparams.warmup_steps)
         # Linear warm-up from lr/warmup (no wasted zero-lr step), then constant (Table 1).
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         # "name" is what LearningRateMonitor logs it as: train/lr sorts with the other train metrics
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"},
+        }

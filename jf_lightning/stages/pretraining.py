@@ -12,4 +12,10 @@ class PretrainingStage(JanusFlowStage):
     trainable_groups = ("llm", "adapters")
 
     def __init__(self, lr: float = 1e-4, warmup_steps: int = 2000, **kwargs):
+        """
+        Args:
+            lr: Peak AdamW learning rate, constant after the warm-up (Table 1: 1e-4).
+            warmup_steps: Optimizer steps of linear warm-up (Table 1: 2,000).
+            kwargs: The shared arguments of :class:`JanusFlowStage`.
+        """
         super().__init__(lr=lr, warmup_steps=warmup_steps, **kwargs)

@@ -12,4 +12,10 @@ class SFTStage(JanusFlowStage):
     trainable_groups = ("llm", "siglip", "adapters")
 
     def __init__(self, lr: float = 2e-5, warmup_steps: int = 1000, **kwargs):
+        """
+        Args:
+            lr: Peak AdamW learning rate, constant after the warm-up (Table 1: 2e-5).
+            warmup_steps: Optimizer steps of linear warm-up (Table 1: 1,000).
+            kwargs: The shared arguments of :class:`JanusFlowStage`.
+        """
         super().__init__(lr=lr, warmup_steps=warmup_steps, **kwargs)

@@ -49,7 +49,7 @@ def _fit(tmp_path, steps: int = 3):
 
 
 def test_ema_average_validation_swap_and_checkpoint(tmp_path):
-    module, ema, rec, trainer = _fit(tmp_path)
+    module, _, rec, trainer = _fit(tmp_path)
     expected = rec.live[0]  # the first update copies, then ema = decay * ema + (1 - decay) * live
     history = [expected]
     for live in rec.live[1:]:

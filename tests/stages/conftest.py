@@ -19,7 +19,9 @@ STAGES = {"adaptation": AdaptationStage, "pretraining": PretrainingStage, "sft":
 ABLATIONS = ("A", "B", "C", "D", "E", "F")
 
 
-def tiny_batch(cfg: JanusFlowConfig, seed: int = 0, batch_index: int = 0, seq_len: int | None = None) -> PackedBatch:
+def tiny_batch(
+    cfg: JanusFlowConfig, seed: int = 0, batch_index: int = 0, seq_len: int | None = None
+) -> PackedBatch:
     """Two rows: [und, text] and [gen, gen (prompt dropped)], with the parts ``cfg`` can take."""
     g = torch.Generator().manual_seed(seed)
     size = cfg.image_size
@@ -28,7 +30,10 @@ def tiny_batch(cfg: JanusFlowConfig, seed: int = 0, batch_index: int = 0, seq_le
         row0.append(und_sample(cfg.num_und_tokens, question=[20, 21, 22], answer=[30, 31]))
     row0.append(text_sample([40, 41, 42, 43]))
     if cfg.generation:
-        row1 = [gen_sample([50, 51, 52], cfg.num_gen_tokens), gen_sample([53, 54], cfg.num_gen_tokens, dropped=True)]
+        row1 = [
+            gen_sample([50, 51, 52], cfg.num_gen_tokens),
+            gen_sample([53, 54], cfg.num_gen_tokens, dropped=True),
+        ]
     rows = [row0] + ([row1] if row1 else [])
     longest = max(sum(len(s.tokens) for s in row) for row in rows)
     seq_len = seq_len or longest + 3  # a little padding at the end of every row

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jf_lightning.models.config import tiny
 from jf_lightning.stages import SFTStage
 from jf_lightning.stages.base import apply_overrides, resolve_config
-from jf_lightning.models.config import tiny
 from tests.stages.conftest import built, tiny_batch
 
 
@@ -53,7 +53,9 @@ def test_rf_loss_reaches_the_generation_path_only(sft_stage):
 
 
 def test_repa_loss_never_reaches_its_target_encoder_nor_blocks_after_its_layer(sft_stage):
-    assert any(p.requires_grad for p in sft_stage.model.vision_und_enc_model.parameters())  # SFT trains SigLIP
+    assert any(
+        p.requires_grad for p in sft_stage.model.vision_und_enc_model.parameters()
+    )  # SFT trains SigLIP
     reached = grads_by_part(sft_stage, "repa_loss")
     for part in ("repa_head", "language_model", "vision_gen_enc_model", "vision_gen_enc_aligner"):
         assert reached[part], part
