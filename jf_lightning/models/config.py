@@ -122,8 +122,6 @@ class RepaConfig:
     target: RepaTarget = "und_encoder"
     """``und_encoder``: the SigLIP that serves understanding (the final design). ``siglip``: a separate,
     always frozen SigLIP kept only as the target (ablations B and C, where understanding has no SigLIP)."""
-    weight: float = 1.0
-    """Loss weight (the paper states none: effectively 1)."""
 
 
 @dataclass
