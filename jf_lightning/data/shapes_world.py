@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from jf_lightning.metrics.geneval import relative_position  # GenEval's own rule decides the world's relations
 
 SHAPES = ("circle", "square", "triangle")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
@@ -190,22 +191,6 @@ def render_scene(scene: Scene, size: int) -> Image.Image:
 
 
 # ------------------------------------------------------------------------------------------ GenEval specs
-def relative_position(
-    box_a: Sequence[float], box_b: Sequence[float], margin: float = POSITION_MARGIN
-) -> set[str]:
-    """GenEval's relations of A relative to B (boxes x0, y0, x1, y1; y down): a subset of RELATIONS."""
-    ax0, ay0, ax1, ay1 = (float(v) for v in box_a[:4])
-    bx0, by0, bx1, by1 = (float(v) for v in box_b[:4])
-    off = ((ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2)  # centre offset (dx, dy)
-    sizes = (ax1 - ax0 + bx1 - bx0, ay1 - ay0 + by1 - by0)
-    shrunk = [math.copysign(max(abs(o) - margin * d, 0.0), o) for o, d in zip(off, sizes)]
-    if all(abs(v) < 1e-3 for v in shrunk):
-        return set()
-    dx, dy = (v / math.hypot(*off) for v in shrunk)
-    pairs = ((dx < -0.5, "left of"), (dx > 0.5, "right of"), (dy < -0.5, "above"), (dy > 0.5, "below"))
-    return {name for holds, name in pairs if holds}
-
-
 def _spec(tag: str, include: list[dict], prompt: str, exclude: list[dict] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"tag": tag, "include": include}
     if exclude:

@@ -16,17 +16,12 @@ from PIL import Image
 # per-component statistics come from scipy.ndimage rather than a hand-written union-find.
 from scipy import ndimage
 
+from jf_lightning.data.shapes_world import COLORS, SHAPES
 from jf_lightning.metrics.geneval import Detection
 
-SHAPES_PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 70, 230),
-    "yellow": (240, 200, 0),
-    "purple": (140, 50, 190),
-    "black": (20, 20, 20),
-}
-SHAPES_CLASSES = ("circle", "square", "triangle")
+# The detector's defaults are the shapes world's own palette and classes: one source of truth.
+SHAPES_PALETTE: dict[str, tuple[int, int, int]] = dict(COLORS)
+SHAPES_CLASSES = SHAPES
 
 # Shape prototypes in feature space, for shapes whose bounding box is square:
 #   fill    = area / bbox area: disc pi/4, square 1, upward triangle 1/2

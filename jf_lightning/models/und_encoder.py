@@ -22,14 +22,14 @@ def _timm_source(source: str) -> str:
 
 
 def _timm_dims(cfg: SiglipConfig) -> dict:
-    return dict(
-        img_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.width,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-    )
+    return {
+        "img_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "embed_dim": cfg.width,
+        "depth": cfg.depth,
+        "num_heads": cfg.num_heads,
+        "mlp_ratio": cfg.mlp_ratio,
+    }
 
 
 class SiglipEncoder(nn.Module):

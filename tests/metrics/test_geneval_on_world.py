@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jf_lightning.metrics.detectors import ShapesDetector
-from jf_lightning.metrics.geneval import GENEVAL_TASKS, evaluate_image, relative_position, summarize
+from jf_lightning.metrics.geneval import GENEVAL_TASKS, evaluate_image, summarize
 
 world = pytest.importorskip("jf_lightning.data.shapes_world")
 
@@ -24,15 +24,3 @@ def test_ground_truth_images_score_at_least_098(size):
     scores = summarize(results)
     assert set(scores) == {*GENEVAL_TASKS, "overall"}
     assert scores["overall"] >= 0.98, (scores, failures[:10])
-
-
-def test_world_and_rules_agree_on_relations():
-    rng = np.random.default_rng(0)
-
-    def box():
-        (x0, x1), (y0, y1) = np.sort(rng.uniform(0, 1, (2, 2)), axis=1)
-        return (x0, y0, x1, y1)
-
-    for _ in range(500):
-        a, b = box(), box()
-        assert relative_position(a, b) == world.relative_position(a, b)

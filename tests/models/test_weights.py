@@ -3,7 +3,12 @@ import torch
 
 from jf_lightning.models.config import tiny
 from jf_lightning.models.janusflow import JanusFlow
-from jf_lightning.models.weights import export_safetensors, load_release_files, load_release_weights, to_release
+from jf_lightning.models.weights import (
+    export_safetensors,
+    load_release_files,
+    load_release_weights,
+    to_release,
+)
 
 
 def test_release_layout_uses_the_released_names_and_shapes(tiny_model, tiny_cfg):
