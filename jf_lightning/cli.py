@@ -100,7 +100,7 @@ class JanusFlowCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_argument(
-            "--shapes_world", type=dict[str, int | str] | None, default=None,
+            "--shapes_world", type=dict[str, Any] | None, default=None,
             help="Keyword arguments of data.shapes_shards.write_shapes_world (out_dir, seed, train_samples, "
             "val_samples, image_size, samples_per_shard): the shapes world is written there before "
             "fit/validate if absent (a directory with the same manifest is reused as is).",

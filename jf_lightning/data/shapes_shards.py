@@ -54,17 +54,21 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-def make_record(seed: int, split: str, kind: str, index: int, image_size: int) -> dict[str, Any]:
-    """One shard record (``__key__`` plus encoded members) of the given kind."""
+def make_record(
+    seed: int, split: str, kind: str, index: int, image_size: int, mix: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One shard record (``__key__`` plus encoded members) of the given kind; ``mix`` may hold
+    ``generation`` task weights and ``questions`` type weights (see ``write_shapes_world``)."""
+    mix = mix or {}
     rng = sample_rng(seed, split, kind, index)
     record: dict[str, Any] = {"__key__": f"{split}-{index:08d}"}
     if kind == "und":
         scene = world.sample_scene(rng)
-        conv = world.understanding_sample(scene, rng)
+        conv = world.understanding_sample(scene, rng, mix.get("questions"))
         record["png"] = png_bytes(world.render_scene(scene, image_size))
         record["json"] = _json_bytes({**conv, "scene": scene.to_dict()})
     elif kind == "gen":
-        scene, prompt, spec = world.generation_sample(rng)
+        scene, prompt, spec = world.generation_sample(rng, mix.get("generation"))
         record["png"] = png_bytes(world.render_scene(scene, image_size))
         record["txt"] = prompt.encode("utf-8")
         record["json"] = _json_bytes({"scene": scene.to_dict(), **({"spec": spec} if spec else {})})
@@ -76,7 +80,7 @@ def make_record(seed: int, split: str, kind: str, index: int, image_size: int) -
 
 
 def _write_split(
-    root: Path, seed: int, kind: str, split: str, n: int, image_size: int, per_shard: int
+    root: Path, seed: int, kind: str, split: str, n: int, image_size: int, per_shard: int, mix: dict | None
 ) -> list[str]:
     written: list[str] = []
     if n == 0:
@@ -92,7 +96,7 @@ def _write_split(
         mtime=0,  # reproducible tar headers
     ) as sink:
         for i in range(n):
-            sink.write(make_record(seed, split, kind, i, image_size))
+            sink.write(make_record(seed, split, kind, i, image_size, mix))
     return written
 
 
@@ -137,10 +141,18 @@ def write_shapes_world(
     val_samples: int = 500,
     image_size: int = 64,
     samples_per_shard: int = 5_000,
+    generation_mix: dict[str, float] | None = None,
+    question_mix: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``train_samples`` / ``val_samples`` samples of each kind (und, gen, text), the tokenizer and
     the manifest; return the manifest. Never overwrites: a non-empty ``out_dir`` must already hold a
-    manifest with the same parameters (then nothing is written)."""
+    manifest with the same parameters (then nothing is written).
+
+    ``generation_mix`` weighs the generation prompts over ``caption`` and GenEval's six tasks (default:
+    25% captions, the tasks uniform); ``question_mix`` weighs the understanding question types
+    (default: uniform over the types a scene supports)."""
+    world.check_weights(generation_mix, world.GENERATION_KINDS, "generation_mix")
+    world.check_weights(question_mix, world.QUESTION_TYPES, "question_mix")
     if train_samples < 1 or val_samples < 0 or samples_per_shard < 1 or image_size < 32:
         raise ValueError(
             "need train_samples >= 1, val_samples >= 0, samples_per_shard >= 1, image_size >= 32"
@@ -153,6 +165,11 @@ def write_shapes_world(
         "image_size": int(image_size),
         "samples_per_shard": int(samples_per_shard),
     }
+    # Recorded only when given, so worlds written before these knobs existed keep their manifests.
+    if generation_mix is not None:
+        params["generation_mix"] = {k: float(v) for k, v in generation_mix.items()}
+    if question_mix is not None:
+        params["question_mix"] = {k: float(v) for k, v in question_mix.items()}
     out = Path(out_dir).absolute()
     existing = _check_target(out, params)
     if existing is not None:
@@ -190,6 +207,7 @@ def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:
                 counts[split],
                 params["image_size"],
                 params["samples_per_shard"],
+                {"generation": params.get("generation_mix"), "questions": params.get("question_mix")},
             )
             for split in SPLITS
         }

@@ -362,12 +362,31 @@ def questions_for_scene(scene: Scene) -> list[tuple[str, str, str]]:
     return qa
 
 
-def understanding_sample(scene: Scene, rng: np.random.Generator) -> dict[str, Any]:
-    """One LLaVA-style single-turn conversation: a question type uniform among those the scene
-    supports, then a question of that type uniformly."""
+def _weighted_choice(rng: np.random.Generator, options: list[str], weights: Mapping[str, float]) -> str:
+    p = np.array([float(weights.get(o, 0.0)) for o in options])
+    if p.sum() <= 0:  # none of the weighted options is possible here: fall back to uniform
+        return options[rng.integers(len(options))]
+    return options[rng.choice(len(options), p=p / p.sum())]
+
+
+def check_weights(weights: Mapping[str, float] | None, allowed: tuple[str, ...], name: str) -> None:
+    """One-line refusal of unknown keys or negative weights in a mix given by the user."""
+    for key, value in (weights or {}).items():
+        if key not in allowed or float(value) < 0:
+            raise ValueError(f"{name}: {key!r}={value!r} is not allowed; keys are {allowed}, weights >= 0")
+
+
+def understanding_sample(
+    scene: Scene, rng: np.random.Generator, type_weights: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """One LLaVA-style single-turn conversation: a question type among those the scene supports
+    (uniform, or by ``type_weights``), then a question of that type uniformly."""
     qa = questions_for_scene(scene)
     types = [t for t in QUESTION_TYPES if any(q[0] == t for q in qa)]
-    qtype = types[rng.integers(len(types))]
+    if type_weights is None:
+        qtype = types[rng.integers(len(types))]
+    else:
+        qtype = _weighted_choice(rng, types, type_weights)
     pool = [q for q in qa if q[0] == qtype]
     _, question, answer = pool[rng.integers(len(pool))]
     return {
@@ -389,13 +408,23 @@ def generation_prompt(scene: Scene, rng: np.random.Generator) -> tuple[str, dict
     return spec["prompt"], spec
 
 
-def generation_sample(rng: np.random.Generator) -> tuple[Scene, str, dict[str, Any] | None]:
-    """(scene, prompt, spec) balanced over the six tasks: CAPTION_FRACTION free captions of random
-    scenes, the rest a task uniformly, a spec of it uniformly and a scene drawn for that spec."""
-    if rng.random() < CAPTION_FRACTION:
+GENERATION_KINDS = ("caption", *GENEVAL_TASKS)
+
+
+def generation_sample(
+    rng: np.random.Generator, task_weights: Mapping[str, float] | None = None
+) -> tuple[Scene, str, dict[str, Any] | None]:
+    """(scene, prompt, spec): by default CAPTION_FRACTION free captions of random scenes and the rest
+    balanced over the six tasks; ``task_weights`` over GENERATION_KINDS reweights them. Then a spec of
+    the task uniformly and a scene drawn for that spec."""
+    if task_weights is None:
+        task = "caption" if rng.random() < CAPTION_FRACTION else GENEVAL_TASKS[rng.integers(len(GENEVAL_TASKS))]
+    else:
+        task = _weighted_choice(rng, list(GENERATION_KINDS), task_weights)
+    if task == "caption":
         scene = sample_scene(rng)
         return scene, caption(scene), None
-    pool = _all_specs(GENEVAL_TASKS[rng.integers(len(GENEVAL_TASKS))])
+    pool = _all_specs(task)
     spec = copy.deepcopy(pool[rng.integers(len(pool))])
     return scene_for_spec(spec, rng), spec["prompt"], spec
 

@@ -325,3 +325,21 @@ def test_text_samples_are_sentences():
     texts = [W.text_sample(rng) for _ in range(100)]
     assert all(2 <= t.count(".") <= 4 and t.endswith(".") for t in texts)
     assert len(set(texts)) > 90
+
+
+def test_generation_and_question_mixes_shift_the_draws():
+    rng = np.random.default_rng(0)
+    prompts = [W.generation_sample(rng, {"colors": 1.0}) for _ in range(50)]
+    assert all(spec is not None and spec["tag"] == "colors" for _, _, spec in prompts)
+    rng = np.random.default_rng(0)
+    types = [W.understanding_sample(W.sample_scene(rng), rng, {"color": 1.0})["question_type"] for _ in range(60)]
+    # colour is asked whenever the scene supports it; other scenes fall back to a uniform choice
+    assert types.count("color") > 40
+
+
+def test_unknown_mix_key_is_refused_in_one_line(tmp_path):
+    from jf_lightning.data.shapes_shards import write_shapes_world
+
+    with pytest.raises(ValueError, match="generation_mix: 'colour'"):
+        write_shapes_world(tmp_path / "w", train_samples=2, val_samples=0, generation_mix={"colour": 1.0})
+    assert not (tmp_path / "w").exists()
