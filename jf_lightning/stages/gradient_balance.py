@@ -13,15 +13,13 @@ measurement.
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Iterable
 
 import torch
-from omegaconf import OmegaConf
 
 from jf_lightning.data.batch import PackedBatch
 from jf_lightning.data.datamodule import JanusFlowDataModule
-from jf_lightning.data.sources import SourceConfig
+from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.stages.base import JanusFlowStage
 
 LOSSES = ("ar_loss", "rf_loss", "repa_loss")
@@ -58,26 +56,20 @@ def loss_gradient_norms(stage: JanusFlowStage, batches: Iterable[PackedBatch]) -
     return {name: {key: value / n for key, value in losses.items()} for name, losses in sums.items()}
 
 
-def _stage_from_config(config: dict, ckpt: str | None) -> JanusFlowStage:
-    model = config["model"]
-    module, _, cls_name = model["class_path"].rpartition(".")
-    stage = getattr(importlib.import_module(module), cls_name)(**model.get("init_args", {}))
+def _from_experiment(config: str, ckpt: str | None) -> tuple[JanusFlowStage, JanusFlowDataModule]:
+    """The stage and datamodule exactly as ``fit -c config`` builds them (our CLI, no logger, no run);
+    the config's shapes world is written first if absent."""
+    from jf_lightning.cli import JanusFlowCLI  # the CLI imports the stages: import it lazily
+
+    cli = JanusFlowCLI(args=["-c", config, "--trainer.logger=false"], run=False)
+    if cli.config.get("shapes_world"):
+        write_shapes_world(**dict(cli.config.shapes_world))
+    stage, datamodule = cli.model, cli.datamodule
     stage.configure_model()
     if ckpt:
         stage.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    return stage
-
-
-def _datamodule_from_config(config: dict, stage: JanusFlowStage) -> JanusFlowDataModule:
-    data = dict(config["data"])
-    data["sources"] = [SourceConfig(**s) for s in data["sources"]]
-    data.pop("val_sources", None)
-    cfg = stage.model_config
-    data.update(num_workers=0, image_size=cfg.image_size)
-    data.update(num_und_tokens=cfg.num_und_tokens, num_gen_tokens=cfg.num_gen_tokens)
-    datamodule = JanusFlowDataModule(**data)
     datamodule.setup("fit")
-    return datamodule
+    return stage, datamodule
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,10 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt", help="Lightning checkpoint to measure (default: the fresh init)")
     parser.add_argument("--batches", type=int, default=4, help="training batches to average over")
     args = parser.parse_args(argv)
-    config = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
-    torch.manual_seed(0)
-    stage = _stage_from_config(config, args.ckpt)
-    loader = iter(_datamodule_from_config(config, stage).train_dataloader())
+    stage, datamodule = _from_experiment(args.config, args.ckpt)
+    loader = iter(datamodule.train_dataloader())
     norms = loss_gradient_norms(stage, (next(loader) for _ in range(args.batches)))
     weights = {key: float(stage.hparams[key.replace("_loss", "_weight")]) for key in LOSSES}
     print(f"{'part':<28}" + "".join(f"{key:>12}" for key in LOSSES) + "   (weighted: x " +
