@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-samples", type=int, default=500, help="validation samples of each kind")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (>= 32)")
     parser.add_argument("--samples-per-shard", type=int, default=5_000)
+    parser.add_argument(
+        "--questions-per-image", type=int, default=1, help="turns of each understanding conversation"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -31,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
             val_samples=args.val_samples,
             image_size=args.image_size,
             samples_per_shard=args.samples_per_shard,
+            questions_per_image=args.questions_per_image,
         )
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")

@@ -377,25 +377,36 @@ def check_weights(weights: Mapping[str, float] | None, allowed: tuple[str, ...],
 
 
 def understanding_sample(
-    scene: Scene, rng: np.random.Generator, type_weights: Mapping[str, float] | None = None
+    scene: Scene,
+    rng: np.random.Generator,
+    type_weights: Mapping[str, float] | None = None,
+    turns: int = 1,
 ) -> dict[str, Any]:
-    """One LLaVA-style single-turn conversation: a question type among those the scene supports
-    (uniform, or by ``type_weights``), then a question of that type uniformly."""
-    qa = questions_for_scene(scene)
-    types = [t for t in QUESTION_TYPES if any(q[0] == t for q in qa)]
-    if type_weights is None:
-        qtype = types[rng.integers(len(types))]
-    else:
-        qtype = _weighted_choice(rng, types, type_weights)
-    pool = [q for q in qa if q[0] == qtype]
-    _, question, answer = pool[rng.integers(len(pool))]
-    return {
-        "conversations": [
-            {"from": "human", "value": f"<image>\n{question}"},
-            {"from": "gpt", "value": answer},
-        ],
-        "question_type": qtype,
-    }
+    """A LLaVA-style conversation of ``turns`` different questions about one image (fewer when the
+    scene supports fewer). Each turn draws a question type among those still open (uniform, or by
+    ``type_weights``), then a question of that type uniformly. ``question_type`` is the first turn's.
+
+    Several turns per image are several answers' worth of supervision for one image's tokens, the
+    costly part of an understanding sample (64 of ~80 tokens in the tiny preset)."""
+    if turns < 1:
+        raise ValueError(f"turns={turns} must be >= 1")
+    open_qa = questions_for_scene(scene)
+    conversations: list[dict[str, str]] = []
+    asked_types: list[str] = []
+    while open_qa and len(asked_types) < turns:
+        types = [t for t in QUESTION_TYPES if any(q[0] == t for q in open_qa)]
+        if type_weights is None:
+            qtype = types[rng.integers(len(types))]
+        else:
+            qtype = _weighted_choice(rng, types, type_weights)
+        pool = [q for q in open_qa if q[0] == qtype]
+        picked = pool[rng.integers(len(pool))]
+        open_qa.remove(picked)
+        _, question, answer = picked
+        image = "<image>\n" if not conversations else ""
+        conversations += [{"from": "human", "value": image + question}, {"from": "gpt", "value": answer}]
+        asked_types.append(qtype)
+    return {"conversations": conversations, "question_type": asked_types[0]}
 
 
 def generation_prompt(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, Any] | None]:

@@ -146,6 +146,19 @@ def test_refuses_to_overwrite(world_dir, tmp_path):
     assert write_shapes_world(empty, **PARAMS)["params"]["seed"] == 3  # an empty directory is fine
 
 
+def test_questions_per_image_writes_multi_turn_conversations(tmp_path):
+    out = tmp_path / "multi"
+    manifest = write_shapes_world(out, **PARAMS, questions_per_image=3)
+    assert manifest["params"]["questions_per_image"] == 3
+    for sample in _read(out, manifest["shards"]["und"]["train"]):
+        meta = json.loads(sample["json"])
+        scene = W.Scene.from_dict(meta["scene"])
+        turns = meta["conversations"]
+        assert len(turns) == 2 * min(3, len(W.questions_for_scene(scene)))
+    with pytest.raises(ValueError, match="questions_per_image >= 1"):
+        write_shapes_world(tmp_path / "none", **PARAMS, questions_per_image=0)
+
+
 def test_script(tmp_path, capsys):
     import importlib.util
 

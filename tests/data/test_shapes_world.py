@@ -280,6 +280,33 @@ def test_understanding_sample_format():
     assert set(types) == set(W.QUESTION_TYPES) and min(types.values()) > 20
 
 
+def test_multi_turn_conversation_asks_different_questions_about_one_image():
+    rng = np.random.default_rng(0)
+    for scene in _scenes(100, seed=5):
+        qa = W.questions_for_scene(scene)
+        sample = W.understanding_sample(scene, rng, turns=4)
+        turns = sample["conversations"]
+        humans, gpts = turns[0::2], turns[1::2]
+        assert [t["from"] for t in humans] == ["human"] * len(humans) and [t["from"] for t in gpts] == ["gpt"] * len(gpts)
+        assert len(humans) == min(4, len(qa))  # a one-shape scene may support fewer than 4 questions
+        assert humans[0]["value"].startswith("<image>\n")
+        assert all("<image>" not in t["value"] for t in turns[1:])  # one image, in the first turn
+        asked = [h["value"].removeprefix("<image>\n") for h in humans]
+        assert len(set(asked)) == len(asked)
+        pairs = {(q, a) for _, q, a in qa}
+        assert all((q, g["value"]) in pairs for q, g in zip(asked, gpts))
+        assert any(t == sample["question_type"] and q == asked[0] for t, q, _ in qa)
+
+
+def test_one_turn_draws_are_unchanged_by_the_turns_knob():
+    # worlds written before multi-turn conversations existed must read the same from their seed
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    scenes = _scenes(50, seed=6)
+    assert [W.understanding_sample(s, a) for s in scenes] == [W.understanding_sample(s, b, turns=1) for s in scenes]
+    with pytest.raises(ValueError, match="turns=0"):
+        W.understanding_sample(scenes[0], a, turns=0)
+
+
 def test_generation_prompts():
     n_caption = 0
     tags = Counter()
