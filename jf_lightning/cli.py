@@ -5,6 +5,8 @@
 
 - the data module's image size and token counts are linked from the model config (one source);
 - ``shapes_world``: the synthetic dataset a config trains on, written on first use if absent;
+- ``siglip_pretraining``: a SigLIP pretrained contrastively on that world, on first use if absent
+  (``models/siglip_pretraining.py``); the model loads it through ``siglip.source``;
 - MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
   config saved beside the checkpoints and logged to the run (file artifact + flattened params);
 - always-on callbacks: ``checkpoint`` (ModelCheckpoint, last.ckpt), ``ema`` (decay 0.99) and a
@@ -28,6 +30,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.data.shapes_shards import write_shapes_world
+from jf_lightning.models.siglip_pretraining import SiglipPretrainingConfig, pretrain_siglip
 from jf_lightning.stages.base import JanusFlowStage, resolve_config
 
 AUTO = "auto"
@@ -105,6 +108,12 @@ class JanusFlowCLI(LightningCLI):
             "val_samples, image_size, samples_per_shard): the shapes world is written there before "
             "fit/validate if absent (a directory with the same manifest is reused as is).",
         )  # fmt: skip
+        parser.add_argument(
+            "--siglip_pretraining", type=dict[str, Any] | None, default=None,
+            help="out_dir plus the fields of models.siglip_pretraining.SiglipPretrainingConfig (world, "
+            "preset, steps, batch_size, lr, ...): a SigLIP is pretrained there before fit/validate if "
+            "absent; point model.init_args.overrides['siglip.source'] at the same out_dir.",
+        )  # fmt: skip
         model_keys = tuple(f"model.init_args.{k}" for k in ("preset", "ablation", "overrides"))
         for key in ("image_size", "num_und_tokens", "num_gen_tokens"):
             parser.link_arguments(
@@ -131,20 +140,32 @@ class JanusFlowCLI(LightningCLI):
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         return trainer
 
-    def _write_shapes_world(self) -> None:
-        spec = self.config[self.subcommand].get("shapes_world")
-        if spec:  # idempotent: a directory with the same manifest is left untouched
-            write_shapes_world(**dict(spec))
-
     def before_fit(self) -> None:
-        self._write_shapes_world()
+        prepare_inputs(self.config[self.subcommand])
 
     def before_validate(self) -> None:
-        self._write_shapes_world()
+        prepare_inputs(self.config[self.subcommand])
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer))
+
+
+def prepare_inputs(config) -> None:
+    """Write what the config generates for itself, if absent: the shapes world, then the SigLIP
+    pretrained on it. Both are idempotent (a directory holding the same thing is left untouched)."""
+    if config.get("shapes_world"):
+        write_shapes_world(**dict(config.shapes_world))
+    if config.get("siglip_pretraining"):
+        spec = dict(config.siglip_pretraining)
+        if "out_dir" not in spec:
+            raise ValueError("siglip_pretraining: out_dir is required (where the pretrained SigLIP goes)")
+        out_dir = spec.pop("out_dir")
+        try:
+            pretraining = SiglipPretrainingConfig(**spec)
+        except TypeError as err:
+            raise ValueError(f"siglip_pretraining: {err}") from None
+        pretrain_siglip(out_dir, pretraining)
 
 
 def run_summary(trainer) -> str:

@@ -19,7 +19,6 @@ import torch
 
 from jf_lightning.data.batch import PackedBatch
 from jf_lightning.data.datamodule import JanusFlowDataModule
-from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.stages.base import JanusFlowStage
 
 LOSSES = ("ar_loss", "rf_loss", "repa_loss")
@@ -58,12 +57,11 @@ def loss_gradient_norms(stage: JanusFlowStage, batches: Iterable[PackedBatch]) -
 
 def _from_experiment(config: str, ckpt: str | None) -> tuple[JanusFlowStage, JanusFlowDataModule]:
     """The stage and datamodule exactly as ``fit -c config`` builds them (our CLI, no logger, no run);
-    the config's shapes world is written first if absent."""
-    from jf_lightning.cli import JanusFlowCLI  # the CLI imports the stages: import it lazily
+    the config's shapes world and pretrained SigLIP are written first if absent."""
+    from jf_lightning.cli import JanusFlowCLI, prepare_inputs  # the CLI imports the stages: lazily
 
     cli = JanusFlowCLI(args=["-c", config, "--trainer.logger=false"], run=False)
-    if cli.config.get("shapes_world"):
-        write_shapes_world(**dict(cli.config.shapes_world))
+    prepare_inputs(cli.config)
     stage, datamodule = cli.model, cli.datamodule
     stage.configure_model()
     if ckpt:

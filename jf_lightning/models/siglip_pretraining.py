@@ -1,0 +1,237 @@
+"""Contrastive pre-training of a SigLIP from random init: the pretrained understanding encoder a run
+starts from when nothing can be downloaded (the tiny preset on the shapes world).
+
+JanusFlow starts from a pretrained SigLIP (PAPER.md). A random-init one learns shape only slowly
+through the LLM's next-token loss: the tiny model, trained on understanding alone with 12,800 shape
+questions, still answered them at chance (0.30), while the same ViT learns the shapes of one-shape
+scenes in 200 steps when supervised directly. So the demo pretrains its SigLIP the way SigLIP itself
+was trained (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training"): a sigmoid loss over
+every image-caption pair of a batch, with a small text tower (transformers' ``SiglipTextModel``) that
+is thrown away afterwards. The vision tower is saved in timm's format, so ``siglip.source=<dir>``
+loads it exactly like the hub checkpoint.
+
+    python -m jf_lightning.models.siglip_pretraining --world data/shapes --out data/shapes-siglip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
+
+from jf_lightning.data.shapes_shards import read_manifest
+from jf_lightning.data.sources import ResampledStream, SourceConfig
+from jf_lightning.data.transforms import und_transform
+from jf_lightning.models.config import SiglipConfig, preset
+from jf_lightning.models.und_encoder import SiglipEncoder, build_siglip, save_siglip
+
+RECORD = "pretraining.json"
+
+
+@dataclass(frozen=True)
+class SiglipPretrainingConfig:
+    """What a pretrained encoder depends on: its ``pretraining.json`` records these, and a directory
+    holding other values is never overwritten."""
+
+    world: str
+    """A shapes world written by ``write_shapes_world`` (its generation pairs are the image-text data)."""
+    preset: str = "tiny"
+    """Model preset whose ``siglip`` dims are built."""
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    seed: int = 0
+    max_text_len: int = 48
+    """Captions are cut or padded to this many tokens (the text tower pools the last position, as SigLIP's)."""
+
+
+class ContrastivePair(nn.Module):
+    """The SigLIP vision tower to pretrain and a text tower of the same width, scored by a sigmoid."""
+
+    def __init__(self, siglip: SiglipConfig, vocab_size: int, max_text_len: int, pad_id: int):
+        super().__init__()
+        self.vision: SiglipEncoder = build_siglip(replace(siglip, source=None))
+        self.text = SiglipTextModel(
+            SiglipTextConfig(
+                vocab_size=vocab_size,
+                hidden_size=siglip.width,
+                intermediate_size=int(siglip.width * siglip.mlp_ratio),
+                num_hidden_layers=siglip.depth,
+                num_attention_heads=siglip.num_heads,
+                max_position_embeddings=max_text_len,
+                projection_size=siglip.width,
+                pad_token_id=pad_id,
+                bos_token_id=pad_id,
+                eos_token_id=pad_id,
+            )
+        )
+        # The SigLIP paper's initialisation: temperature 10, bias -10 (most pairs are negatives).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        # pixels: (B, 3, S, S) in [-1, 1]; ids: (B, L) -> logits (B, B), image i against caption j
+        image = F.normalize(self.vision(pixels).mean(dim=1), dim=-1)  # (B, D): the "gap" SigLIP's pooling
+        text = F.normalize(self.text(input_ids=ids).pooler_output, dim=-1)  # (B, D)
+        return image @ text.T * self.logit_scale.exp() + self.logit_bias
+
+
+def sigmoid_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss: each pair is a binary positive (the diagonal) / negative decision, summed over
+    the row and averaged over images. Written here because transformers computes it only inside
+    ``SiglipModel.forward``, whose vision tower is not timm's. Off-diagonal pairs with the same caption
+    ("a photo of a red circle" twice in a batch) are neither: they are left out of the loss."""
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    same_text = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)
+    sign = eye.float() * 2 - 1  # +1 positives, -1 negatives
+    weight = (eye | ~same_text).float()
+    return -(F.logsigmoid(sign * logits) * weight).sum() / n
+
+
+class _PairStream:
+    """(pixels, ids) batches from the world's generation shards (image + prompt), resampled forever."""
+
+    def __init__(self, world: Path, image_size: int, max_text_len: int, seed: int):
+        manifest = read_manifest(world)
+        if manifest is None:
+            raise ValueError(f"{world} holds no shapes world (no manifest.json): write it first")
+        urls = [str(world / p) for p in manifest["shards"]["gen"]["train"]]
+        self.stream = ResampledStream([SourceConfig(urls=urls, kind="gen").resolved()], f"siglip/{seed}")
+        self.tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
+        self.image_size, self.max_text_len = image_size, max_text_len
+        self.rng = np.random.default_rng(seed)
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raws = [self.stream.next(self.rng) for _ in range(batch_size)]
+        pixels = torch.stack([und_transform(r.image, self.image_size) for r in raws])  # (B, 3, S, S)
+        ids = self.tokenizer(
+            [r.text for r in raws],
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_text_len,
+            add_special_tokens=False,
+            return_tensors="pt",
+        ).input_ids  # (B, L), right-padded
+        return pixels, ids
+
+
+@torch.no_grad()
+def retrieval_top1(model: ContrastivePair, data: _PairStream, batch_size: int, batches: int = 4) -> float:
+    """Share of fresh images whose own caption scores highest among the batch's captions (a repeated
+    caption counts as its own); chance is about 1 / batch_size."""
+    was_training = model.training
+    model.eval()
+    hits = total = 0
+    for _ in range(batches):
+        pixels, ids = data.next(batch_size)
+        best = model(pixels, ids).argmax(dim=1)  # (B,) caption index per image
+        hits += int((ids[best] == ids).all(dim=-1).sum())
+        total += batch_size
+    model.train(was_training)
+    return hits / total
+
+
+def _check_target(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The existing record when ``out`` already holds this encoder; None when ``out`` is free."""
+    if not out.exists():
+        return None
+    path = out / RECORD
+    existing = json.loads(path.read_text()) if path.is_file() else None
+    if existing is not None and existing.get("config") == record:
+        return existing
+    raise ValueError(
+        f"{out} already holds something other than a SigLIP pretrained with {record}: "
+        "pass another output directory or delete it"
+    )
+
+
+def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig, log=print) -> dict[str, Any]:
+    """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
+    the record. Does nothing when ``out_dir`` already holds the same pretraining."""
+    out = Path(out_dir).absolute()
+    existing = _check_target(out, asdict(config))
+    if existing is not None:
+        return existing
+    siglip = preset(config.preset).siglip
+    world = Path(config.world)
+    torch.manual_seed(config.seed)
+    data = _PairStream(world, siglip.image_size, config.max_text_len, config.seed)
+    model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(1, config.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    start, losses = time.perf_counter(), []
+    for step in range(config.steps):
+        pixels, ids = data.next(config.batch_size)
+        loss = sigmoid_loss(model(pixels, ids), ids)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == config.steps:
+            log(f"siglip pretraining step {step + 1}/{config.steps}: loss {np.mean(losses[-100:]):.3f}")
+    record = {
+        "config": asdict(config),
+        "first_loss": float(np.mean(losses[:20])),
+        "final_loss": float(np.mean(losses[-20:])),
+        "retrieval_top1": retrieval_top1(model, data, config.batch_size),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_siglip(model.vision, siglip, str(tmp))
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        os.rename(tmp, out)
+    except OSError:
+        existing = _check_target(out, asdict(config))  # another process (rank) finished it first
+        if existing is None:
+            raise
+        return existing
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", required=True, help="a shapes world directory (manifest.json)")
+    parser.add_argument("--out", required=True, help="output directory for the timm-format encoder")
+    defaults = SiglipPretrainingConfig(world="")
+    for name in ("preset", "steps", "batch_size", "lr", "seed"):
+        value = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    config = SiglipPretrainingConfig(
+        world=args.world, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    try:
+        record = pretrain_siglip(args.out, config)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(
+        f"{args.out}: SigLIP pretrained in {record['seconds']} s: loss {record['first_loss']:.2f} -> "
+        f"{record['final_loss']:.2f}, image-to-caption top-1 {record['retrieval_top1']:.2f} "
+        f"in batches of {config.batch_size}"
+    )
+
+
+if __name__ == "__main__":
+    main()
