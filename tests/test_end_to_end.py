@@ -28,7 +28,7 @@ trainer:
 OVERRIDES = [
     "--shapes_world.train_samples=64", "--shapes_world.val_samples=16", "--trainer.max_steps=3",
     "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1", "--data.val_batches=1",
-    "--checkpoint.every_n_train_steps=3",
+    "--checkpoint.every_n_train_steps=3", "--siglip_pretraining.steps=2", "--siglip_pretraining.batch_size=8",
 ]  # fmt: skip
 
 
@@ -52,6 +52,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
     (tmp_path / "small.yaml").write_text(SMALL)
     out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES)
     assert (tmp_path / "data" / "shapes" / "manifest.json").is_file()  # written on first use
+    assert (tmp_path / "data" / "shapes-siglip" / "pretraining.json").is_file()  # and the SigLIP it loads
     summary = next(line for line in out.splitlines() if line.startswith("MLflow run "))
     run_id = re.search(r"MLflow run (\w+)", summary).group(1)
     ckpt = re.search(r"checkpoint: (\S+)", summary).group(1)
@@ -67,7 +68,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
                 "val/repa_loss", "train/lr", "val/und_accuracy", "val/shapes_geneval/overall"):  # fmt: skip
         assert key in metrics, key
     assert len(client.get_metric_history(run_id, "train/loss")) == 3
-    assert run.data.params["model.class_path"] == "jf_lightning.stages.SFTStage"
+    assert run.data.params["model.class_path"] == "jf_lightning.stages.PretrainingStage"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "config.yaml" in artifacts and "samples" in artifacts
     config = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()

@@ -43,6 +43,7 @@ def test_main_measures_an_experiment_yaml_as_fit_builds_it(tmp_path, monkeypatch
 
     config = yaml.safe_load(TINY.read_text())
     config["shapes_world"].update(train_samples=32, val_samples=8)  # written on first use, into tmp
+    config["siglip_pretraining"].update(steps=2, batch_size=4)  # pretrained on first use, into tmp
     config["data"].update(batch_size=4, num_workers=0)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
@@ -51,4 +52,5 @@ def test_main_measures_an_experiment_yaml_as_fit_builds_it(tmp_path, monkeypatch
     assert float(rows["language_model"][0]) > 0 and float(rows["language_model"][1]) > 0
     assert float(rows["vision_gen_dec_model"][0]) == 0  # AR never reaches the generation decoder
     assert (tmp_path / "data/shapes/manifest.json").exists()
+    assert (tmp_path / "data/shapes-siglip/pretraining.json").exists()
     assert not (tmp_path / "mlflow.db").exists()  # a measurement, not a run
