@@ -159,16 +159,9 @@ def _check_target(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
-def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig, log=print) -> dict[str, Any]:
-    """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
-    the record. Does nothing when ``out_dir`` already holds the same pretraining."""
-    out = Path(out_dir).absolute()
-    existing = _check_target(out, asdict(config))
-    if existing is not None:
-        return existing
+def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], SiglipEncoder]:
     siglip = preset(config.preset).siglip
     world = Path(config.world)
-    torch.manual_seed(config.seed)
     data = _PairStream(world, siglip.image_size, config.max_text_len, config.seed)
     model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -193,11 +186,26 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
         "retrieval_top1": retrieval_top1(model, data, config.batch_size),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    return record, model.vision
+
+
+def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig, log=print) -> dict[str, Any]:
+    """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
+    the record. Does nothing when ``out_dir`` already holds the same pretraining."""
+    out = Path(out_dir).absolute()
+    existing = _check_target(out, asdict(config))
+    if existing is not None:
+        return existing
+    # Seeded privately: a run that pretrains first must draw the same training randomness as a later
+    # run that finds the encoder already there.
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        record, vision = _train(config, log)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_siglip(model.vision, siglip, str(tmp))
+        save_siglip(vision, preset(config.preset).siglip, str(tmp))
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         os.rename(tmp, out)
     except OSError:

@@ -60,7 +60,10 @@ def test_pretraining_learns_and_saves_a_loadable_siglip(world, tmp_path):
 
 def test_same_config_is_reused_and_other_contents_are_refused(world, tmp_path):
     out = tmp_path / "siglip"
+    rng_state = torch.random.get_rng_state()
     record = pretrain_siglip(out, _config(world))
+    # seeded privately: fit draws the same randomness whether it pretrained first or found the encoder
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     assert pretrain_siglip(out, _config(world)) == record
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
