@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from PIL import Image
 
 from jf_lightning.data import shapes_world as world
 from jf_lightning.data.tokenizer import build_shapes_tokenizer
+from jf_lightning.generated_dirs import check_output_dir, read_record, write_output_dir
 
 FORMAT_VERSION = 1
 KINDS = ("und", "gen", "text")
@@ -110,29 +110,12 @@ def _brace(paths: list[str]) -> str | None:
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_record(out_dir, MANIFEST)
 
 
 def _check_target(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     """The existing manifest when ``out`` already holds this dataset; None when ``out`` is free."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory: pass another output directory")
-    manifest = read_manifest(out)
-    if manifest is not None and manifest.get("params") == params:
-        return manifest
-    if manifest is not None:
-        raise ValueError(
-            f"{out} holds a shapes world with other parameters ({manifest.get('params')}): "
-            "pass another output directory or delete it"
-        )
-    if any(out.iterdir()):
-        raise ValueError(
-            f"{out} is not empty and has no shapes-world {MANIFEST}: pass an empty or new directory"
-        )
-    return None
+    return check_output_dir(out, MANIFEST, "params", params, "a shapes world")
 
 
 def write_shapes_world(
@@ -180,25 +163,8 @@ def write_shapes_world(
     existing = _check_target(out, params)
     if existing is not None:
         return existing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        manifest = _write_all(tmp, params)
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        os.rename(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        existing = _check_target(out, params)  # another process finished the same dataset first
-        if existing is None:
-            raise
-        return existing
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    # another process may finish the same dataset first: then its manifest is the answer
+    return write_output_dir(out, lambda tmp: _write_all(tmp, params), lambda: _check_target(out, params))
 
 
 def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:

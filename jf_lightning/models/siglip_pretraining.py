@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
 from jf_lightning.data.shapes_shards import read_manifest
 from jf_lightning.data.sources import ResampledStream, SourceConfig
 from jf_lightning.data.transforms import und_transform
+from jf_lightning.generated_dirs import check_output_dir, write_output_dir
 from jf_lightning.models.config import SiglipConfig, preset
 from jf_lightning.models.und_encoder import SiglipEncoder, build_siglip, save_siglip
 
@@ -145,18 +145,9 @@ def retrieval_top1(model: ContrastivePair, data: _PairStream, batch_size: int, b
     return hits / total
 
 
-def _check_target(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+def _check_target(out: Path, config: SiglipPretrainingConfig) -> dict[str, Any] | None:
     """The existing record when ``out`` already holds this encoder; None when ``out`` is free."""
-    if not out.exists():
-        return None
-    path = out / RECORD
-    existing = json.loads(path.read_text()) if path.is_file() else None
-    if existing is not None and existing.get("config") == record:
-        return existing
-    raise ValueError(
-        f"{out} already holds something other than a SigLIP pretrained with {record}: "
-        "pass another output directory or delete it"
-    )
+    return check_output_dir(out, RECORD, "config", asdict(config), "a SigLIP")
 
 
 def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], SiglipEncoder]:
@@ -193,7 +184,7 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
     """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
     the record. Does nothing when ``out_dir`` already holds the same pretraining."""
     out = Path(out_dir).absolute()
-    existing = _check_target(out, asdict(config))
+    existing = _check_target(out, config)
     if existing is not None:
         return existing
     # Seeded privately: a run that pretrains first must draw the same training randomness as a later
@@ -201,21 +192,13 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         record, vision = _train(config, log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def fill(tmp: Path) -> dict[str, Any]:
         save_siglip(vision, preset(config.preset).siglip, str(tmp))
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        os.rename(tmp, out)
-    except OSError:
-        existing = _check_target(out, asdict(config))  # another process (rank) finished it first
-        if existing is None:
-            raise
-        return existing
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return record
+        return record
+
+    return write_output_dir(out, fill, lambda: _check_target(out, config))
 
 
 def main(argv: list[str] | None = None) -> None:

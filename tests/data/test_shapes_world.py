@@ -298,13 +298,17 @@ def test_multi_turn_conversation_asks_different_questions_about_one_image():
         assert any(t == sample["question_type"] and q == asked[0] for t, q, _ in qa)
 
 
-def test_one_turn_draws_are_unchanged_by_the_turns_knob():
-    # worlds written before multi-turn conversations existed must read the same from their seed
-    a, b = np.random.default_rng(3), np.random.default_rng(3)
+def test_more_turns_extend_the_one_turn_draw():
+    # the first turn consumes the same draws as a one-turn sample, so a world keeps its first questions
+    # whatever questions_per_image says
     scenes = _scenes(50, seed=6)
-    assert [W.understanding_sample(s, a) for s in scenes] == [W.understanding_sample(s, b, turns=1) for s in scenes]
+    for i, scene in enumerate(scenes):
+        one = W.understanding_sample(scene, np.random.default_rng(i))
+        four = W.understanding_sample(scene, np.random.default_rng(i), turns=4)
+        assert four["conversations"][:2] == one["conversations"]
+        assert four["question_type"] == one["question_type"]
     with pytest.raises(ValueError, match="turns=0"):
-        W.understanding_sample(scenes[0], a, turns=0)
+        W.understanding_sample(scenes[0], np.random.default_rng(0), turns=0)
 
 
 def test_generation_prompts():
