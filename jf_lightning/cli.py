@@ -9,8 +9,9 @@
   (``models/siglip_pretraining.py``); the model loads it through ``siglip.source``;
 - MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
   config saved beside the checkpoints and logged to the run (file artifact + flattened params);
-- always-on callbacks: ``checkpoint`` (ModelCheckpoint, last.ckpt), ``ema`` (decay 0.99) and a
-  learning-rate monitor; and one closing line saying where the run and the checkpoint are.
+- always-on callbacks: ``checkpoint`` (ModelCheckpoint, last.ckpt), ``ema`` (decay 0.99), a
+  learning-rate monitor and a phase timer; and one closing line saying where the run and the
+  checkpoint are and where the time went.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
 from jf_lightning.callbacks.ema import EMA
+from jf_lightning.callbacks.phase_timer import PhaseTimer, format_seconds
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.models.siglip_pretraining import SiglipPretrainingConfig, pretrain_siglip
@@ -78,13 +80,14 @@ class SaveConfigToRun(SaveConfigCallback):
 
 class JanusFlowCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs):
+        self.prepare_seconds: float | None = None  # set by before_fit, read by the closing line
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
         kwargs.setdefault("trainer_defaults", {
             "default_root_dir": DEFAULT_ROOT_DIR,
             "gradient_clip_val": 1.0,  # every stage of the paper
             "logger": {"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {
                 "experiment_name": AUTO, "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)}},
-            "callbacks": [LearningRateMonitor(logging_interval="step")],  # always added
+            "callbacks": [LearningRateMonitor(logging_interval="step"), PhaseTimer()],  # always added
         })  # fmt: skip
         super().__init__(
             JanusFlowStage,
@@ -141,14 +144,16 @@ class JanusFlowCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        start = time.perf_counter()
         prepare_inputs(self.config[self.subcommand])
+        self.prepare_seconds = time.perf_counter() - start
 
     def before_validate(self) -> None:
         prepare_inputs(self.config[self.subcommand])
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
-            print(run_summary(self.trainer))
+            print(run_summary(self.trainer, self.prepare_seconds))
 
 
 def prepare_inputs(config) -> None:
@@ -168,8 +173,9 @@ def prepare_inputs(config) -> None:
         pretrain_siglip(out_dir, pretraining)
 
 
-def run_summary(trainer) -> str:
-    """One line: where the MLflow run and the last checkpoint are, and how to open them."""
+def run_summary(trainer, prepare_seconds: float | None = None) -> str:
+    """One line: where the MLflow run and the last checkpoint are, how to open them, and where the
+    time went (inputs written before fit, training steps, validation)."""
     parts = []
     logger = trainer.logger
     if isinstance(logger, MLFlowLogger):
@@ -178,9 +184,14 @@ def run_summary(trainer) -> str:
             uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
         parts.append(f"MLflow run {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}; "
                      f"open with: mlflow ui --backend-store-uri {uri}")  # fmt: skip
+    if prepare_seconds is not None and prepare_seconds >= 1.0:
+        parts.append(f"inputs prepared in {format_seconds(prepare_seconds)}")
+    timers = [cb for cb in trainer.callbacks if isinstance(cb, PhaseTimer) and cb.fit_seconds]
+    if timers:
+        parts.append(timers[0].summary())
     ckpt = trainer.checkpoint_callback
     path = ckpt.last_model_path or ckpt.best_model_path if ckpt is not None else ""
-    parts.append(f"checkpoint: {Path(path).absolute() if path else 'none saved'}")
+    parts.append(f"checkpoint: {Path(path).absolute() if path else 'none saved'}")  # last: copyable
     return "; ".join(parts)
 
 

@@ -58,6 +58,8 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
     ckpt = re.search(r"checkpoint: (\S+)", summary).group(1)
     assert Path(ckpt).is_file() and Path(ckpt).name == "last.ckpt"
     assert Path(ckpt).parent.parent == tmp_path / "mlruns" / "1" / run_id  # beside MLflow's artifacts/
+    assert "inputs prepared in" in summary  # the world and the SigLIP were written by this fit
+    assert re.search(r"fit [\w ]+: 3 steps in [\w ]+ \(\d+ ms/step\), validation", summary), summary
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(run_id)
@@ -65,7 +67,8 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
     assert client.get_experiment(run.info.experiment_id).name == "tiny"
     metrics = run.data.metrics
     for key in ("train/loss", "train/ar_loss", "train/rf_loss", "train/repa_loss", "val/ar_loss", "val/rf_loss",
-                "val/repa_loss", "train/lr", "val/und_accuracy", "val/shapes_geneval/overall"):  # fmt: skip
+                "val/repa_loss", "train/lr", "val/und_accuracy", "val/shapes_geneval/overall",
+                "time/fit_s", "time/validation_s", "time/train_step_ms"):  # fmt: skip
         assert key in metrics, key
     assert len(client.get_metric_history(run_id, "train/loss")) == 3
     assert run.data.params["model.class_path"] == "jf_lightning.stages.PretrainingStage"

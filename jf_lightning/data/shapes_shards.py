@@ -31,7 +31,7 @@ from jf_lightning.data import shapes_world as world
 from jf_lightning.data.tokenizer import build_shapes_tokenizer
 from jf_lightning.generated_dirs import check_output_dir, read_record, write_output_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shape sizes depend on the number of shapes (shapes_world.SIZE_RANGES)
 KINDS = ("und", "gen", "text")
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"

@@ -102,13 +102,18 @@ def sigmoid_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return -(F.logsigmoid(sign * logits) * weight).sum() / n
 
 
+def world_manifest(world: Path) -> dict[str, Any]:
+    manifest = read_manifest(world)
+    if manifest is None:
+        raise ValueError(f"{world} holds no shapes world (no manifest.json): write it first")
+    return manifest
+
+
 class _PairStream:
     """(pixels, ids) batches from the world's generation shards (image + prompt), resampled forever."""
 
     def __init__(self, world: Path, image_size: int, max_text_len: int, seed: int):
-        manifest = read_manifest(world)
-        if manifest is None:
-            raise ValueError(f"{world} holds no shapes world (no manifest.json): write it first")
+        manifest = world_manifest(world)
         urls = [str(world / p) for p in manifest["shards"]["gen"]["train"]]
         self.stream = ResampledStream([SourceConfig(urls=urls, kind="gen").resolved()], f"siglip/{seed}")
         self.tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
@@ -145,9 +150,18 @@ def retrieval_top1(model: ContrastivePair, data: _PairStream, batch_size: int, b
     return hits / total
 
 
-def _check_target(out: Path, config: SiglipPretrainingConfig) -> dict[str, Any] | None:
-    """The existing record when ``out`` already holds this encoder; None when ``out`` is free."""
-    return check_output_dir(out, RECORD, "config", asdict(config), "a SigLIP")
+
+
+def _check_target(out: Path, config: SiglipPretrainingConfig, world: dict[str, Any]) -> dict[str, Any] | None:
+    """The existing record when ``out`` already holds this encoder, pretrained on this version of the
+    world; None when ``out`` is free."""
+    existing = check_output_dir(out, RECORD, "config", asdict(config), "a SigLIP")
+    if existing is not None and existing.get("world") != world:
+        raise ValueError(
+            f"{out} holds a SigLIP pretrained on another version of {config.world} "
+            f"({existing.get('world')}, now {world}): delete it or pass another output directory"
+        )
+    return existing
 
 
 def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], SiglipEncoder]:
@@ -184,7 +198,8 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
     """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
     the record. Does nothing when ``out_dir`` already holds the same pretraining."""
     out = Path(out_dir).absolute()
-    existing = _check_target(out, config)
+    world = world_manifest(Path(config.world))["params"]  # the encoder depends on them too
+    existing = _check_target(out, config, world)
     if existing is not None:
         return existing
     # Seeded privately: a run that pretrains first must draw the same training randomness as a later
@@ -192,13 +207,14 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         record, vision = _train(config, log)
+    record["world"] = world
 
     def fill(tmp: Path) -> dict[str, Any]:
         save_siglip(vision, preset(config.preset).siglip, str(tmp))
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return record
 
-    return write_output_dir(out, fill, lambda: _check_target(out, config))
+    return write_output_dir(out, fill, lambda: _check_target(out, config, world))
 
 
 def main(argv: list[str] | None = None) -> None:

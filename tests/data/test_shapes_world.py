@@ -66,7 +66,8 @@ def test_scenes_inside_image_and_apart():
     for scene in scenes:
         for s in scene.shapes:
             assert s.shape in W.SHAPES and s.color in W.COLORS
-            assert W.MIN_SIZE <= s.size <= W.MAX_SIZE
+            low, high = W.SIZE_RANGES[len(scene.shapes)]
+            assert low <= s.size <= high
             x0, y0, x1, y1 = s.box
             assert min(x0, y0) >= W.BORDER - 1e-9 and max(x1, y1) <= 1 - W.BORDER + 1e-9
         for a, b in itertools.combinations(scene.shapes, 2):

@@ -1,6 +1,7 @@
 """Contrastive SigLIP pre-training: the loss, learning, saving in timm's format, never overwriting."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -76,6 +77,19 @@ def test_same_config_is_reused_and_other_contents_are_refused(world, tmp_path):
     with pytest.raises(ValueError, match=str(mine)):
         pretrain_siglip(mine, _config(world))
     assert (mine / "notes.txt").read_text() == "keep" and len(list(mine.iterdir())) == 1
+
+
+def test_a_rewritten_world_refuses_the_stale_encoder(world, tmp_path):
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    out = tmp_path / "siglip"
+    pretrain_siglip(out, _config(copy))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["params"]["seed"] = 7  # the world was written again, differently, at the same path
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="pretrained on another version of") as err:
+        pretrain_siglip(out, _config(copy))
+    assert "\n" not in str(err.value)
 
 
 def test_missing_world_and_script_errors(tmp_path, capsys):
