@@ -103,6 +103,7 @@ def sigmoid_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def world_manifest(world: Path) -> dict[str, Any]:
+    """The world's manifest (shards and the parameters it was written with), or a one-line error."""
     manifest = read_manifest(world)
     if manifest is None:
         raise ValueError(f"{world} holds no shapes world (no manifest.json): write it first")
@@ -148,8 +149,6 @@ def retrieval_top1(model: ContrastivePair, data: _PairStream, batch_size: int, b
         total += batch_size
     model.train(was_training)
     return hits / total
-
-
 
 
 def _check_target(out: Path, config: SiglipPretrainingConfig, world: dict[str, Any]) -> dict[str, Any] | None:
