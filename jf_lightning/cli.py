@@ -144,9 +144,11 @@ class JanusFlowCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        config = self.config[self.subcommand]
         start = time.perf_counter()
-        prepare_inputs(self.config[self.subcommand])
-        self.prepare_seconds = time.perf_counter() - start
+        prepare_inputs(config)
+        if config.get("shapes_world") or config.get("siglip_pretraining"):
+            self.prepare_seconds = time.perf_counter() - start
 
     def before_validate(self) -> None:
         prepare_inputs(self.config[self.subcommand])
@@ -184,7 +186,7 @@ def run_summary(trainer, prepare_seconds: float | None = None) -> str:
             uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
         parts.append(f"MLflow run {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}; "
                      f"open with: mlflow ui --backend-store-uri {uri}")  # fmt: skip
-    if prepare_seconds is not None and prepare_seconds >= 1.0:
+    if prepare_seconds is not None:
         parts.append(f"inputs prepared in {format_seconds(prepare_seconds)}")
     timers = [cb for cb in trainer.callbacks if isinstance(cb, PhaseTimer) and cb.fit_seconds]
     if timers:

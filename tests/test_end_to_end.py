@@ -58,7 +58,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
     ckpt = re.search(r"checkpoint: (\S+)", summary).group(1)
     assert Path(ckpt).is_file() and Path(ckpt).name == "last.ckpt"
     assert Path(ckpt).parent.parent == tmp_path / "mlruns" / "1" / run_id  # beside MLflow's artifacts/
-    assert "inputs prepared in" in summary  # the world and the SigLIP were written by this fit
+    assert "inputs prepared in" in summary  # the config writes a world and a SigLIP: their time is reported
     assert re.search(r"fit [\w ]+: 3 steps in [\w ]+ \(\d+ ms/step\), validation", summary), summary
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
