@@ -30,7 +30,7 @@ def test_validation_runs_are_summed_and_excluded_from_the_step_time():
     timer.on_fit_end(trainer, None)
 
     assert timer.steps == 10
-    assert 0.1 <= timer.validation_seconds < 0.2
+    assert 0.1 <= timer.validation_seconds < 1.0  # loose above: a loaded machine sleeps longer
     assert timer.fit_seconds >= timer.validation_seconds + 0.05
     assert abs(timer.step_ms - 1000 * timer.training_seconds / 10) < 1e-9
     (metrics, step), = logger.logged
