@@ -146,8 +146,7 @@ class JanusFlowCLI(LightningCLI):
     def before_fit(self) -> None:
         config = self.config[self.subcommand]
         start = time.perf_counter()
-        prepare_inputs(config)
-        if config.get("shapes_world") or config.get("siglip_pretraining"):
+        if prepare_inputs(config):
             self.prepare_seconds = time.perf_counter() - start
 
     def before_validate(self) -> None:
@@ -158,9 +157,10 @@ class JanusFlowCLI(LightningCLI):
             print(run_summary(self.trainer, self.prepare_seconds))
 
 
-def prepare_inputs(config) -> None:
+def prepare_inputs(config) -> bool:
     """Write what the config generates for itself, if absent: the shapes world, then the SigLIP
-    pretrained on it. Both are idempotent (a directory holding the same thing is left untouched)."""
+    pretrained on it. Both are idempotent (a directory holding the same thing is left untouched).
+    Returns whether the config asks for any such input."""
     if config.get("shapes_world"):
         write_shapes_world(**dict(config.shapes_world))
     if config.get("siglip_pretraining"):
@@ -173,6 +173,7 @@ def prepare_inputs(config) -> None:
         except TypeError as err:
             raise ValueError(f"siglip_pretraining: {err}") from None
         pretrain_siglip(out_dir, pretraining)
+    return bool(config.get("shapes_world") or config.get("siglip_pretraining"))
 
 
 def run_summary(trainer, prepare_seconds: float | None = None) -> str:

@@ -27,6 +27,7 @@ class PhaseTimer(Callback):
         self.fit_seconds = 0.0
         self.validation_seconds = 0.0
         self.steps = 0
+        self._start_step = 0
         self._fit_start: float | None = None
         self._validation_start: float | None = None
 

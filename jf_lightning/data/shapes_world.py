@@ -47,7 +47,6 @@ MAX_SHAPES = 4
 # Probe (generation only, 1,200 steps): shapes of 0.18-0.30 in every scene gave GenEval colors 0.27-0.29,
 # these sizes 0.33-0.44, on 48 prompts.
 SIZE_RANGES = {1: (0.30, 0.50), 2: (0.26, 0.42), 3: (0.22, 0.36), 4: (0.20, 0.32)}
-MIN_SIZE, MAX_SIZE = min(r[0] for r in SIZE_RANGES.values()), max(r[1] for r in SIZE_RANGES.values())
 # Boxes are kept GAP apart: 0.06 * 32 px > 1.9 px leaves at least one white pixel between shapes after
 # rounding box edges to pixels, so shapes are separate connected components (8-connectivity) from 32 px up.
 GAP = 0.06
