@@ -178,22 +178,52 @@ def pixel_box(shape: Shape, size: int) -> tuple[int, int, int, int]:
     return (x0, y0, x1 - 1, y1 - 1)
 
 
+def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, size: int, fill: Any) -> None:
+    x0, y0, x1, y1 = pixel_box(s, size)
+    if s.shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif s.shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif s.shape == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {s.shape!r}; expected one of {SHAPES}")
+
+
 def render_scene(scene: Scene, size: int) -> Image.Image:
     """RGB image, white background, shapes in exact palette colours (no anti-aliasing)."""
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for s in scene.shapes:
-        x0, y0, x1, y1 = pixel_box(s, size)
-        fill = COLORS[s.color]
-        if s.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif s.shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif s.shape == "triangle":
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
-        else:
-            raise ValueError(f"unknown shape {s.shape!r}; expected one of {SHAPES}")
+        _draw_shape(draw, s, size, COLORS[s.color])
     return image
+
+
+PATCH_LABELS = 1 + len(SHAPES) * len(COLOR_NAMES)
+"""Classes of :func:`patch_labels`: background, then every (shape, colour) pair."""
+
+
+def patch_labels(scene: Scene, size: int, grid: int) -> np.ndarray:
+    """(grid * grid,) int64 class of each patch of the scene drawn at ``size`` px, row-major: 0 for
+    background, else ``1 + shape index * len(COLORS) + colour index`` of the shape covering most of the
+    patch (at least a quarter of it). The dense target that teaches an encoder's patches which object
+    they belong to (models/siglip_pretraining.py)."""
+    if size % grid:
+        raise ValueError(f"a {size} px image does not split into {grid} x {grid} patches")
+    cell = size // grid
+    # Shapes never overlap, so one drawing of shape numbers 1..n tells every pixel's shape.
+    index = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(index)
+    for number, s in enumerate(scene.shapes, start=1):
+        _draw_shape(draw, s, size, number)
+    pixels = np.asarray(index).reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    cover = np.stack([(pixels == n).sum(axis=1) for n in range(len(scene.shapes) + 1)], axis=1)  # (P, 1 + n)
+    cover[:, 0] = 0  # background never wins a patch a shape covers enough
+    winner = cover.argmax(axis=1)  # (P,) shape number
+    classes = np.array(
+        [0] + [1 + SHAPES.index(s.shape) * len(COLOR_NAMES) + COLOR_NAMES.index(s.color) for s in scene.shapes]
+    )
+    return np.where(cover.max(axis=1) * 4 >= cell * cell, classes[winner], 0).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------ GenEval specs

@@ -37,7 +37,7 @@ KINDS: tuple[Kind, ...] = ("und", "gen", "text")
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 _MEMBERS: dict[str, frozenset[str]] = {
     "und": frozenset(IMAGE_SUFFIXES + ("json", "txt")),
-    "gen": frozenset(IMAGE_SUFFIXES + ("txt", "latent.npy", "siglip.npy")),
+    "gen": frozenset(IMAGE_SUFFIXES + ("txt", "json", "latent.npy", "siglip.npy")),
     "text": frozenset(("txt",)),
 }
 
@@ -79,6 +79,9 @@ class RawSample:
     """(C, h, w) pre-encoded scaled VAE latent (gen)."""
     siglip: np.ndarray | None = None
     """(T_gen, D) pre-encoded REPA target (gen)."""
+    meta: dict[str, Any] | None = None
+    """The optional ``json`` member of a generation sample (the shapes world keeps its scene there for
+    the SigLIP pretraining's dense target); training ignores it."""
 
 
 def _is_local(url: str) -> bool:
@@ -147,9 +150,16 @@ def _image(sample: dict[str, Any], kind: Kind) -> Image.Image:
     return image
 
 
+def _json_object(sample: dict[str, Any]) -> Any:
+    try:
+        return json.loads(sample["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"shard {sample['__url__']}: sample {sample['__key__']!r} has an unreadable json: {exc}") from None
+
+
 def _turns(sample: dict[str, Any]) -> list[tuple[str, str]]:
     where = f"shard {sample['__url__']}: sample {sample['__key__']!r}"
-    data = json.loads(sample["json"].decode("utf-8"))
+    data = _json_object(sample)
     conv = data.get("conversations") if isinstance(data, dict) else None
     if not isinstance(conv, list) or not conv:
         raise ValueError(f"{where}: json has no non-empty 'conversations' list")
@@ -188,6 +198,8 @@ def decode(sample: dict[str, Any], kind: Kind) -> RawSample:
         raw.latent = _npy(sample["latent.npy"])
     if "siglip.npy" in sample:
         raw.siglip = _npy(sample["siglip.npy"])
+    if "json" in sample:
+        raw.meta = _json_object(sample)
     if raw.latent is None or raw.siglip is None:  # fully pre-encoded samples skip the image decode
         raw.image = _image(sample, kind)
     return raw

@@ -10,6 +10,12 @@ every image-caption pair of a batch, with a small text tower (transformers' ``Si
 is thrown away afterwards. The vision tower is saved in timm's format, so ``siglip.source=<dir>``
 loads it exactly like the hub checkpoint.
 
+``dense_weight > 0`` adds a per-patch loss: a linear head (also thrown away) names the (shape, colour)
+of the object under each patch. The contrastive loss alone left the tiny ViT's patches nearly blind to
+which shape they are part of (linear probe 0.52 on 2-4-shape scenes), so the LLM could not find "the
+circle" a question names; with the patch loss the head names the shape of 0.89 of the patches on a
+shape after 800 steps (0.97 after 1,500), as the hub SigLIP's patches carry their object.
+
     python -m jf_lightning.models.siglip_pretraining --world data/shapes --out data/shapes-siglip
 """
 
@@ -30,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
 
+from jf_lightning.data import shapes_world
 from jf_lightning.data.shapes_shards import read_manifest
-from jf_lightning.data.sources import ResampledStream, SourceConfig
+from jf_lightning.data.sources import RawSample, ResampledStream, SourceConfig
 from jf_lightning.data.transforms import und_transform
 from jf_lightning.generated_dirs import check_output_dir, write_output_dir
 from jf_lightning.models.config import SiglipConfig, preset
@@ -56,14 +63,20 @@ class SiglipPretrainingConfig:
     seed: int = 0
     max_text_len: int = 48
     """Captions are cut or padded to this many tokens (the text tower pools the last position, as SigLIP's)."""
+    dense_weight: float = 0.0
+    """Weight of a per-patch loss: a linear head on each patch feature names the (shape, colour) of the
+    object under it (``shapes_world.patch_labels``, read from the scene in each generation sample's
+    json). 0 = SigLIP's sigmoid loss alone."""
 
 
 class ContrastivePair(nn.Module):
-    """The SigLIP vision tower to pretrain and a text tower of the same width, scored by a sigmoid."""
+    """The SigLIP vision tower to pretrain and a text tower of the same width, scored by a sigmoid;
+    with ``num_patch_labels``, also a linear head that classifies each patch feature."""
 
-    def __init__(self, siglip: SiglipConfig, vocab_size: int, max_text_len: int, pad_id: int):
+    def __init__(self, siglip: SiglipConfig, vocab_size: int, max_text_len: int, pad_id: int, num_patch_labels: int = 0):
         super().__init__()
         self.vision: SiglipEncoder = build_siglip(replace(siglip, source=None))
+        self.patch_head = nn.Linear(siglip.width, num_patch_labels) if num_patch_labels else None
         self.text = SiglipTextModel(
             SiglipTextConfig(
                 vocab_size=vocab_size,
@@ -82,11 +95,14 @@ class ContrastivePair(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        # pixels: (B, 3, S, S) in [-1, 1]; ids: (B, L) -> logits (B, B), image i against caption j
-        image = F.normalize(self.vision(pixels).mean(dim=1), dim=-1)  # (B, D): the "gap" SigLIP's pooling
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # pixels: (B, 3, S, S) in [-1, 1]; ids: (B, L) -> logits (B, B), image i against caption j, and
+        # the patch head's logits (B, T, K) when there is one
+        patches = self.vision(pixels)  # (B, T, D)
+        image = F.normalize(patches.mean(dim=1), dim=-1)  # (B, D): the "gap" SigLIP's pooling
         text = F.normalize(self.text(input_ids=ids).pooler_output, dim=-1)  # (B, D)
-        return image @ text.T * self.logit_scale.exp() + self.logit_bias
+        logits = image @ text.T * self.logit_scale.exp() + self.logit_bias
+        return logits, (self.patch_head(patches) if self.patch_head is not None else None)
 
 
 def sigmoid_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -111,19 +127,28 @@ def world_manifest(world: Path) -> dict[str, Any]:
 
 
 class _PairStream:
-    """(pixels, ids) batches from the world's generation shards (image + prompt), resampled forever."""
+    """(pixels, ids, patch labels) batches from the world's generation shards (image + prompt + scene),
+    resampled forever."""
 
-    def __init__(self, world: Path, image_size: int, max_text_len: int, seed: int):
+    def __init__(self, world: Path, siglip: SiglipConfig, max_text_len: int, seed: int):
         manifest = world_manifest(world)
         urls = [str(world / p) for p in manifest["shards"]["gen"]["train"]]
         self.stream = ResampledStream([SourceConfig(urls=urls, kind="gen").resolved()], f"siglip/{seed}")
         self.tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
-        self.image_size, self.max_text_len = image_size, max_text_len
+        self.image_size, self.max_text_len = siglip.image_size, max_text_len
+        self.grid = siglip.image_size // siglip.patch_size
         self.rng = np.random.default_rng(seed)
 
-    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _patch_labels(self, raw: RawSample) -> np.ndarray:
+        scene = (raw.meta or {}).get("scene")
+        if scene is None:
+            raise ValueError(f"shard {raw.url}: sample {raw.key!r} has no scene json: dense_weight > 0 needs a shapes world")
+        return shapes_world.patch_labels(shapes_world.Scene.from_dict(scene), self.image_size, self.grid)
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raws = [self.stream.next(self.rng) for _ in range(batch_size)]
         pixels = torch.stack([und_transform(r.image, self.image_size) for r in raws])  # (B, 3, S, S)
+        labels = torch.from_numpy(np.stack([self._patch_labels(r) for r in raws]))  # (B, T)
         ids = self.tokenizer(
             [r.text for r in raws],
             padding="max_length",
@@ -132,23 +157,34 @@ class _PairStream:
             add_special_tokens=False,
             return_tensors="pt",
         ).input_ids  # (B, L), right-padded
-        return pixels, ids
+        return pixels, ids, labels
 
 
 @torch.no_grad()
-def retrieval_top1(model: ContrastivePair, data: _PairStream, batch_size: int, batches: int = 4) -> float:
-    """Share of fresh images whose own caption scores highest among the batch's captions (a repeated
-    caption counts as its own); chance is about 1 / batch_size."""
+def held_out_scores(model: ContrastivePair, data: _PairStream, batch_size: int, batches: int = 4) -> dict[str, float]:
+    """On fresh batches: ``retrieval_top1``, the share of images whose own caption scores highest among
+    the batch's captions (a repeated caption counts as its own; chance about 1 / batch_size); with a
+    patch head, ``patch_shape_accuracy``, the share of patches on a shape whose predicted shape is
+    right (what the understanding and REPA paths need from a patch)."""
     was_training = model.training
     model.eval()
-    hits = total = 0
+    hits = total = shape_hits = on_shape = 0
     for _ in range(batches):
-        pixels, ids = data.next(batch_size)
-        best = model(pixels, ids).argmax(dim=1)  # (B,) caption index per image
+        pixels, ids, labels = data.next(batch_size)
+        logits, patch_logits = model(pixels, ids)
+        best = logits.argmax(dim=1)  # (B,) caption index per image
         hits += int((ids[best] == ids).all(dim=-1).sum())
         total += batch_size
+        if patch_logits is not None:
+            shape_of = lambda label: (label - 1).div(len(shapes_world.COLOR_NAMES), rounding_mode="floor")  # noqa: E731
+            on = labels > 0  # (B, T)
+            shape_hits += int((shape_of(patch_logits.argmax(-1)[on]) == shape_of(labels[on])).sum())
+            on_shape += int(on.sum())
     model.train(was_training)
-    return hits / total
+    scores = {"retrieval_top1": hits / total}
+    if on_shape:
+        scores["patch_shape_accuracy"] = shape_hits / on_shape
+    return scores
 
 
 def _check_target(out: Path, config: SiglipPretrainingConfig, world: dict[str, Any]) -> dict[str, Any] | None:
@@ -166,15 +202,21 @@ def _check_target(out: Path, config: SiglipPretrainingConfig, world: dict[str, A
 def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], SiglipEncoder]:
     siglip = preset(config.preset).siglip
     world = Path(config.world)
-    data = _PairStream(world, siglip.image_size, config.max_text_len, config.seed)
-    model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id)
+    data = _PairStream(world, siglip, config.max_text_len, config.seed)
+    num_labels = shapes_world.PATCH_LABELS if config.dense_weight > 0 else 0
+    model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id, num_labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, config.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    start, losses = time.perf_counter(), []
+    start, losses, dense_losses = time.perf_counter(), [], []
     for step in range(config.steps):
-        pixels, ids = data.next(config.batch_size)
-        loss = sigmoid_loss(model(pixels, ids), ids)
+        pixels, ids, labels = data.next(config.batch_size)
+        logits, patch_logits = model(pixels, ids)
+        loss = sigmoid_loss(logits, ids)
+        if patch_logits is not None:
+            dense = F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten())
+            dense_losses.append(dense.item())
+            loss = loss + config.dense_weight * dense
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -182,12 +224,14 @@ def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], Siglip
         schedule.step()
         losses.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == config.steps:
-            log(f"siglip pretraining step {step + 1}/{config.steps}: loss {np.mean(losses[-100:]):.3f}")
+            dense_note = f", patch loss {np.mean(dense_losses[-100:]):.3f}" if dense_losses else ""
+            log(f"siglip pretraining step {step + 1}/{config.steps}: loss {np.mean(losses[-100:]):.3f}{dense_note}")
     record = {
         "config": asdict(config),
         "first_loss": float(np.mean(losses[:20])),
         "final_loss": float(np.mean(losses[-20:])),
-        "retrieval_top1": retrieval_top1(model, data, config.batch_size),
+        **({"final_patch_loss": float(np.mean(dense_losses[-20:]))} if dense_losses else {}),
+        **held_out_scores(model, data, config.batch_size),
         "seconds": round(time.perf_counter() - start, 1),
     }
     return record, model.vision
@@ -221,12 +265,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", required=True, help="a shapes world directory (manifest.json)")
     parser.add_argument("--out", required=True, help="output directory for the timm-format encoder")
     defaults = SiglipPretrainingConfig(world="")
-    for name in ("preset", "steps", "batch_size", "lr", "seed"):
+    for name in ("preset", "steps", "batch_size", "lr", "seed", "dense_weight"):
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     config = SiglipPretrainingConfig(
-        world=args.world, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        world=args.world,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        dense_weight=args.dense_weight,
     )
     try:
         record = pretrain_siglip(args.out, config)

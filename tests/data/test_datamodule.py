@@ -158,6 +158,18 @@ def test_bad_conversation_json_is_named(tmp_path, write_shard, png):
         decode(next(iter_members(url, "und")), "und")
 
 
+def test_generation_json_is_kept_as_metadata(tmp_path, write_shard, png):
+    meta = {"scene": {"shapes": []}}
+    url = write_shard(
+        tmp_path / "g.tar",
+        [{"__key__": "k", "png": png((0, 0, 0), (4, 4)), "txt": b"a photo", "json": json.dumps(meta).encode()}],
+    )
+    assert decode(next(iter_members(url, "gen")), "gen").meta == meta
+    url = write_shard(tmp_path / "b.tar", [{"__key__": "b", "png": png((0, 0, 0), (4, 4)), "txt": b"x", "json": b"{"}])
+    with pytest.raises(ValueError, match=r"b\.tar.*'b'.*unreadable json"):
+        decode(next(iter_members(url, "gen")), "gen")
+
+
 def test_unknown_members_are_never_decoded(tmp_path, write_shard):
     url = write_shard(tmp_path / "p.tar", [{"__key__": "k", "txt": b"red", "pyd": b"\x80\x04not a pickle"}])
     member = next(iter_members(url, "text"))

@@ -116,6 +116,21 @@ def test_render_palette_components_and_shapes(size):
                 assert (bottom.min(), bottom.max()) == (x0, x1)
 
 
+def test_patch_labels_name_the_shape_and_colour_under_each_patch():
+    # a red square on pixels 8..15 x 8..15 of a 32 px image: exactly patches (2..3, 2..3) of the 8 x 8 grid
+    square = W.Shape("square", "red", (0.375, 0.375), 0.25)
+    circle = W.Shape("circle", "blue", (0.75, 0.75), 0.25)
+    labels = W.patch_labels(W.Scene([square, circle]), size=32, grid=8).reshape(8, 8)
+    red_square = 1 + W.SHAPES.index("square") * len(W.COLOR_NAMES) + W.COLOR_NAMES.index("red")
+    blue_circle = 1 + W.SHAPES.index("circle") * len(W.COLOR_NAMES) + W.COLOR_NAMES.index("blue")
+    assert (labels[2:4, 2:4] == red_square).all()
+    assert (labels[5:7, 5:7] == blue_circle).all()  # the circle's box is pixels 20..27: its core patches
+    assert set(np.unique(labels)) == {0, red_square, blue_circle}
+    assert labels.max() < W.PATCH_LABELS and (labels[:2] == 0).all()
+    with pytest.raises(ValueError, match="32 px"):
+        W.patch_labels(W.Scene([square]), size=32, grid=6)
+
+
 def test_places():
     def at(cx, cy):
         return W.Shape("circle", "red", (cx, cy), 0.2)
