@@ -176,9 +176,11 @@ def held_out_scores(model: ContrastivePair, data: _PairStream, batch_size: int, 
         hits += int((ids[best] == ids).all(dim=-1).sum())
         total += batch_size
         if patch_logits is not None:
-            shape_of = lambda label: (label - 1).div(len(shapes_world.COLOR_NAMES), rounding_mode="floor")  # noqa: E731
             on = labels > 0  # (B, T)
-            shape_hits += int((shape_of(patch_logits.argmax(-1)[on]) == shape_of(labels[on])).sum())
+            # a pair class k > 0 is shape (k - 1) // len(COLORS); a predicted background (0) gives -1, a miss
+            pred, true = (patch_logits.argmax(-1)[on] - 1, labels[on] - 1)
+            n_colors = len(shapes_world.COLOR_NAMES)
+            shape_hits += int((pred.div(n_colors, rounding_mode="floor") == true.div(n_colors, rounding_mode="floor")).sum())
             on_shape += int(on.sum())
     model.train(was_training)
     scores = {"retrieval_top1": hits / total}
