@@ -269,19 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", required=True, help="a shapes world directory (manifest.json)")
     parser.add_argument("--out", required=True, help="output directory for the timm-format encoder")
     defaults = SiglipPretrainingConfig(world="")
-    for name in ("preset", "steps", "batch_size", "lr", "seed", "dense_weight"):
+    options = ("preset", "steps", "batch_size", "lr", "seed", "dense_weight")
+    for name in options:
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
-    config = SiglipPretrainingConfig(
-        world=args.world,
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        dense_weight=args.dense_weight,
-    )
+    config = SiglipPretrainingConfig(world=args.world, **{name: getattr(args, name) for name in options})
     try:
         record = pretrain_siglip(args.out, config)
     except ValueError as err:
@@ -290,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.out}: SigLIP pretrained in {record['seconds']} s: loss {record['first_loss']:.2f} -> "
         f"{record['final_loss']:.2f}, image-to-caption top-1 {record['retrieval_top1']:.2f} "
         f"in batches of {config.batch_size}"
+        + (f", patch shape accuracy {record['patch_shape_accuracy']:.2f}" if "patch_shape_accuracy" in record else "")
     )
 
 
