@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--questions-per-image", type=int, default=1, help="turns of each understanding conversation"
     )
+    parser.add_argument(
+        "--image-after-question", type=float, default=0.0,
+        help="share of understanding samples that put the image after the question (0: always before)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             image_size=args.image_size,
             samples_per_shard=args.samples_per_shard,
             questions_per_image=args.questions_per_image,
+            image_after_question=args.image_after_question,
         )
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")

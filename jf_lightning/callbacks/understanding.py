@@ -47,6 +47,7 @@ class UnderstandingAccuracyCallback(Callback):
         batch_size: int = 16,
         question_types: Sequence[str] = SCORED_TYPES,
         template: TemplateStyle | None = None,
+        image_after_question: float = 0.0,
     ):
         """
         Args:
@@ -57,6 +58,8 @@ class UnderstandingAccuracyCallback(Callback):
             question_types: Which of the world's question types to ask (``caption`` is possible but
                 exact match on a whole caption is harsh).
             template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
+            image_after_question: Share of questions asked before the image is shown; set it as the
+                training world's ``image_after_question``, so the questions are placed as in training.
         """
         if n_questions < 1 or max_new_tokens < 1 or batch_size < 1:
             raise ValueError(
@@ -64,7 +67,7 @@ class UnderstandingAccuracyCallback(Callback):
             )
         self.n_questions, self.seed, self.max_new_tokens = n_questions, seed, max_new_tokens
         self.batch_size, self.template = batch_size, template
-        self.questions = heldout_questions(seed, n_questions, tuple(question_types))
+        self.questions = heldout_questions(seed, n_questions, tuple(question_types), image_after_question)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -58,14 +58,16 @@ def make_record(
     seed: int, split: str, kind: str, index: int, image_size: int, mix: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """One shard record (``__key__`` plus encoded members) of the given kind; ``mix`` may hold
-    ``generation`` task weights, ``questions`` type weights and ``turns`` per understanding image (see
-    ``write_shapes_world``)."""
+    ``generation`` task weights, ``questions`` type weights, ``turns`` per understanding image and
+    ``image_after_question`` (see ``write_shapes_world``)."""
     mix = mix or {}
     rng = sample_rng(seed, split, kind, index)
     record: dict[str, Any] = {"__key__": f"{split}-{index:08d}"}
     if kind == "und":
         scene = world.sample_scene(rng)
-        conv = world.understanding_sample(scene, rng, mix.get("questions"), mix.get("turns", 1))
+        conv = world.understanding_sample(
+            scene, rng, mix.get("questions"), mix.get("turns", 1), mix.get("image_after_question", 0.0)
+        )
         record["png"] = png_bytes(world.render_scene(scene, image_size))
         record["json"] = _json_bytes({**conv, "scene": scene.to_dict()})
     elif kind == "gen":
@@ -128,6 +130,7 @@ def write_shapes_world(
     generation_mix: dict[str, float] | None = None,
     question_mix: dict[str, float] | None = None,
     questions_per_image: int = 1,
+    image_after_question: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``train_samples`` / ``val_samples`` samples of each kind (und, gen, text), the tokenizer and
     the manifest; return the manifest. Never overwrites: a non-empty ``out_dir`` must already hold a
@@ -136,7 +139,9 @@ def write_shapes_world(
     ``generation_mix`` weighs the generation prompts over ``caption`` and GenEval's six tasks (default:
     25% captions, the tasks uniform); ``question_mix`` weighs the understanding question types
     (default: uniform over the types a scene supports). ``questions_per_image`` > 1 makes each
-    understanding sample a multi-turn conversation of that many different questions."""
+    understanding sample a multi-turn conversation of that many different questions.
+    ``image_after_question`` is the share of understanding samples that ask first and show the image
+    after the question (``world.understanding_sample``)."""
     world.check_weights(generation_mix, world.GENERATION_KINDS, "generation_mix")
     world.check_weights(question_mix, world.QUESTION_TYPES, "question_mix")
     if train_samples < 1 or val_samples < 0 or samples_per_shard < 1 or image_size < 32 or questions_per_image < 1:
@@ -144,6 +149,8 @@ def write_shapes_world(
             "need train_samples >= 1, val_samples >= 0, samples_per_shard >= 1, image_size >= 32, "
             "questions_per_image >= 1"
         )
+    if not 0.0 <= image_after_question <= 1.0:
+        raise ValueError(f"image_after_question={image_after_question} must be a share in [0, 1]")
     params = {
         "version": FORMAT_VERSION,
         "seed": int(seed),
@@ -159,6 +166,8 @@ def write_shapes_world(
         params["question_mix"] = {k: float(v) for k, v in question_mix.items()}
     if questions_per_image != 1:
         params["questions_per_image"] = int(questions_per_image)
+    if image_after_question != 0.0:
+        params["image_after_question"] = float(image_after_question)
     out = Path(out_dir).absolute()
     existing = _check_target(out, params)
     if existing is not None:
@@ -183,6 +192,7 @@ def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:
                     "generation": params.get("generation_mix"),
                     "questions": params.get("question_mix"),
                     "turns": params.get("questions_per_image", 1),
+                    "image_after_question": params.get("image_after_question", 0.0),
                 },
             )
             for split in SPLITS

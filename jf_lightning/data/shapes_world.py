@@ -417,15 +417,25 @@ def understanding_sample(
     rng: np.random.Generator,
     type_weights: Mapping[str, float] | None = None,
     turns: int = 1,
+    image_after_question: float = 0.0,
 ) -> dict[str, Any]:
     """A LLaVA-style conversation of ``turns`` different questions about one image (fewer when the
     scene supports fewer). Each turn draws a question type among those still open (uniform, or by
     ``type_weights``), then a question of that type uniformly. ``question_type`` is the first turn's.
 
+    The image marker opens the first turn (``"<image>\\n<question>"``), or, with probability
+    ``image_after_question``, closes it (``"<question>\\n<image>"``), as LLaVA's data does both. Why it
+    matters: under causal attention an image placed first cannot see the question, so "What color is the
+    circle?" needs a question-dependent lookup at the answer; placed after, every image token can check
+    itself against the question. A probability strictly between 0 and 1 draws one number from ``rng``
+    after the questions, so the other settings keep the streams they always had.
+
     Several turns per image are several answers' worth of supervision for one image's tokens, the
     costly part of an understanding sample (64 of ~80 tokens in the tiny preset)."""
     if turns < 1:
         raise ValueError(f"turns={turns} must be >= 1")
+    if not 0.0 <= image_after_question <= 1.0:
+        raise ValueError(f"image_after_question={image_after_question} must be a probability in [0, 1]")
     open_qa = questions_for_scene(scene)
     conversations: list[dict[str, str]] = []
     asked_types: list[str] = []
@@ -439,9 +449,14 @@ def understanding_sample(
         picked = pool[rng.integers(len(pool))]
         open_qa.remove(picked)
         _, question, answer = picked
-        image = "<image>\n" if not conversations else ""
-        conversations += [{"from": "human", "value": image + question}, {"from": "gpt", "value": answer}]
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
         asked_types.append(qtype)
+    first = conversations[0]
+    if image_after_question in (0.0, 1.0):
+        image_last = image_after_question == 1.0
+    else:
+        image_last = bool(rng.random() < image_after_question)
+    first["value"] = first["value"] + "\n<image>" if image_last else "<image>\n" + first["value"]
     return {"conversations": conversations, "question_type": asked_types[0]}
 
 

@@ -52,26 +52,35 @@ class HeldOutQuestion:
         return world.render_scene(self.scene, size)
 
 
-def heldout_questions(seed: int, n: int, types: Sequence[str] = SCORED_TYPES) -> list[HeldOutQuestion]:
+def heldout_questions(
+    seed: int, n: int, types: Sequence[str] = SCORED_TYPES, image_after_question: float = 0.0
+) -> list[HeldOutQuestion]:
     """``n`` questions, one fresh scene each, from a stream disjoint from the training shards.
 
     Questions come from ``world.understanding_sample`` itself (the training distribution and phrasing),
-    redrawn on the same scene until their type is in ``types``.
+    redrawn on the same scene until their type is in ``types``; ``image_after_question`` places the image
+    as the training world does (``write_shapes_world``).
     """
     unknown = set(types) - set(world.QUESTION_TYPES)
     if unknown or not types:
         raise ValueError(
             f"question types must be a non-empty subset of {world.QUESTION_TYPES}, got {list(types)}"
         )
-    return [_draw(np.random.default_rng([seed, _HELDOUT_STREAM, i]), types) for i in range(n)]
+    return [
+        _draw(np.random.default_rng([seed, _HELDOUT_STREAM, i]), types, image_after_question) for i in range(n)
+    ]
 
 
-def _draw(rng: np.random.Generator, types: Sequence[str], tries: int = 100) -> HeldOutQuestion:
+def _draw(
+    rng: np.random.Generator, types: Sequence[str], image_after_question: float, tries: int = 100
+) -> HeldOutQuestion:
     for _ in range(tries):
         scene = world.sample_scene(rng)
         if not any(qa[0] in types for qa in world.questions_for_scene(scene)):
             continue  # e.g. only "color" asked, but no shape class is unique in this scene
-        while (sample := world.understanding_sample(scene, rng))["question_type"] not in types:
+        while (sample := world.understanding_sample(scene, rng, image_after_question=image_after_question))[
+            "question_type"
+        ] not in types:
             pass
         human, gpt = sample["conversations"]
         return HeldOutQuestion(scene, human["value"], gpt["value"], sample["question_type"])

@@ -159,6 +159,18 @@ def test_questions_per_image_writes_multi_turn_conversations(tmp_path):
         write_shapes_world(tmp_path / "none", **PARAMS, questions_per_image=0)
 
 
+def test_image_after_question_is_recorded_and_written(tmp_path):
+    manifest = write_shapes_world(tmp_path / "last", **PARAMS, image_after_question=1.0)
+    assert manifest["params"]["image_after_question"] == 1.0
+    for sample in _read(tmp_path / "last", manifest["shards"]["und"]["train"]):
+        human = json.loads(sample["json"])["conversations"][0]["value"]
+        assert human.endswith("\n<image>") and human.count("<image>") == 1
+    # a world written before the option existed keeps its manifest (0 is not recorded)
+    assert "image_after_question" not in write_shapes_world(tmp_path / "first", **PARAMS)["params"]
+    with pytest.raises(ValueError, match="image_after_question"):
+        write_shapes_world(tmp_path / "bad", **PARAMS, image_after_question=-0.1)
+
+
 def test_script(tmp_path, capsys):
     import importlib.util
 

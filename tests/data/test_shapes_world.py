@@ -296,6 +296,26 @@ def test_understanding_sample_format():
     assert set(types) == set(W.QUESTION_TYPES) and min(types.values()) > 20
 
 
+def test_image_after_question_places_the_image_after_the_first_question():
+    scenes = _scenes(200, seed=4)
+    before = [W.understanding_sample(sc, np.random.default_rng(i)) for i, sc in enumerate(scenes)]
+    after = [W.understanding_sample(sc, np.random.default_rng(i), image_after_question=1.0) for i, sc in enumerate(scenes)]
+    for b, a in zip(before, after):
+        question = b["conversations"][0]["value"].removeprefix("<image>\n")
+        # the same question and answer (the placement draws nothing at 0 or 1), only the image moves
+        assert a["conversations"][0]["value"] == question + "\n<image>"
+        assert a["conversations"][1:] == b["conversations"][1:] and a["question_type"] == b["question_type"]
+    mixed = [W.understanding_sample(sc, np.random.default_rng(i), image_after_question=0.5) for i, sc in enumerate(scenes)]
+    last = [m["conversations"][0]["value"].endswith("\n<image>") for m in mixed]
+    assert 60 < sum(last) < 140  # about half of 200
+    for m, b in zip(mixed, before):  # the share is drawn after the questions: they stay the same
+        assert m["conversations"][0]["value"].replace("\n<image>", "").replace("<image>\n", "") == b[
+            "conversations"
+        ][0]["value"].removeprefix("<image>\n")
+    with pytest.raises(ValueError, match="image_after_question"):
+        W.understanding_sample(scenes[0], np.random.default_rng(0), image_after_question=1.5)
+
+
 def test_multi_turn_conversation_asks_different_questions_about_one_image():
     rng = np.random.default_rng(0)
     for scene in _scenes(100, seed=5):

@@ -69,6 +69,14 @@ def test_pretrain_qa_layout(tpl, tokenizer):
     assert tokenizer.decode(targets(s), skip_special_tokens=True) == "The circle is red."
 
 
+def test_pretrain_qa_with_the_image_after_the_question(tpl, tokenizer):
+    s = tpl.conversation([("What color is the circle?\n<image>", "red")], pixels())
+    q = tpl.encode("What color is the circle?\n")
+    assert s.input_ids == [tpl.bos] + q + und_block(tpl, T_UND) + tpl.encode(" red") + [tpl.eos]
+    assert s.slots[0].start == 1 + len(q)  # the image slot follows the question
+    assert_shifted(s)
+
+
 def test_sft_understanding_layout_and_multi_turn(sft, tokenizer):
     turns = [("<image>\nWhat color is the circle?", "red"), ("Is it round?", "yes")]
     s = sft.conversation(turns, pixels())

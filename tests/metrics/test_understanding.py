@@ -50,6 +50,13 @@ def test_heldout_questions_respect_the_type_filter():
         heldout_questions(seed=0, n=1, types=("colour",))
 
 
+def test_heldout_questions_place_the_image_as_the_world_does():
+    first, last = heldout_questions(seed=0, n=20), heldout_questions(seed=0, n=20, image_after_question=1.0)
+    for a, b in zip(first, last):
+        assert a.scene == b.scene and a.answer == b.answer
+        assert b.question == a.question.removeprefix("<image>\n") + "\n<image>"
+
+
 def test_heldout_scenes_are_not_the_training_shards_scenes():
     # the shard writer draws und sample i from sample_rng(seed, split, "und", i)
     qs = heldout_questions(seed=0, n=20)
