@@ -146,6 +146,10 @@ class JanusFlowConfig:
     """Generation encoder/decoder."""
     repa: RepaConfig = field(default_factory=RepaConfig)
     """Representation alignment."""
+    gen_attention: Literal["causal", "bidirectional"] = "causal"
+    """Attention among a generation slot's tokens (time token + latents): ``causal``, the paper's
+    ("causal attention suffices"), or ``bidirectional``, every latent token sees the whole image (the
+    alternative masking the paper tried and found no better at 1.3B)."""
 
     @property
     def latent_size(self) -> int:
@@ -180,6 +184,8 @@ class JanusFlowConfig:
 
     def validate(self) -> None:
         """Refuse inconsistent configurations with one line naming the field and the fix."""
+        if self.gen_attention not in ("causal", "bidirectional"):
+            raise ValueError(f"gen_attention={self.gen_attention!r} must be 'causal' or 'bidirectional'")
         if self.vae.dtype == "float16":
             raise ValueError("vae.dtype=float16 is refused: the SDXL-VAE decodes garbage in fp16; use float32 or bfloat16")
         if self.image_size % (self.vae.downsample_factor * self.gen_codec.patch_size):

@@ -22,7 +22,7 @@ from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
 from jf_lightning.models.config import JanusFlowConfig
 from jf_lightning.models.gen_codec import GenerationDecoder, GenerationEncoder
 from jf_lightning.models.llm import build_llm
-from jf_lightning.models.masking import packed_attention_mask, slot_index
+from jf_lightning.models.masking import packed_attention_mask, slot_blocks, slot_index
 from jf_lightning.models.repa import RepaHead
 from jf_lightning.models.und_encoder import SiglipEncoder, VaeConvNeXtEncoder, build_siglip
 from jf_lightning.models.vae import LatentCodec, build_vae
@@ -181,7 +181,10 @@ class JanusFlow(nn.Module):
         """One pass over a packed batch. ``noisy_latents`` (N_gen, C, h, w) and ``t`` (N_gen,) are the
         flow inputs for the generation slots (the stage samples them: the model holds no randomness)."""
         embeds, gen_aux = self.embed_batch(batch, noisy_latents, t)
-        mask = packed_attention_mask(batch.segment_ids, batch.key_mask, embeds.dtype)  # (R, 1, L, L)
+        blocks = None
+        if batch.num_gen and self.cfg.gen_attention == "bidirectional":
+            blocks = slot_blocks(batch.gen_slots, 1 + self.cfg.num_gen_tokens, batch.input_ids.shape)  # (R, L)
+        mask = packed_attention_mask(batch.segment_ids, batch.key_mask, embeds.dtype, blocks)  # (R, 1, L, L)
         need_repa = batch.num_gen > 0 and hasattr(self, "repa_head")
         out = self.language_model.model(
             inputs_embeds=embeds,
@@ -238,13 +241,25 @@ class JanusFlow(nn.Module):
         steps = torch.arange(gen.shape[1], device=gen.device)
         position_ids = next_pos[:, None] + steps  # (B, 1+T)
         mask = torch.cat([prefix_mask, torch.ones_like(prefix_mask[:, :1]).expand(-1, gen.shape[1])], dim=1)
+        if self.cfg.gen_attention == "causal":
+            mask = mask.long()
+        else:
+            mask = self._bidirectional_step_mask(mask, gen.shape[1], gen.dtype)
         out = self.language_model.model(
-            inputs_embeds=gen, attention_mask=mask.long(), position_ids=position_ids, use_cache=True, **{_CACHE_KWARG: cache}
+            inputs_embeds=gen, attention_mask=mask, position_ids=position_ids, use_cache=True, **{_CACHE_KWARG: cache}
         )
         # Drop this step's tokens (a negative count: the form every transformers release accepts), so
         # the next step sees the prompt alone again.
         cache.crop(-(cache.get_seq_length() - prefix_len))
         return self.decode_velocity(out.last_hidden_state[:, 1:], skip, t_emb)
+
+    @staticmethod
+    def _bidirectional_step_mask(key_mask: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
+        """(B, P + S) visible keys -> (B, 1, S, P + S) additive mask: the S slot tokens see the visible
+        prompt and each other (handed over in 4D: from a 2D mask transformers would build a causal one)."""
+        allowed = key_mask[:, None, None, :].expand(-1, 1, num_queries, -1)  # (B, 1, S, P + S)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
     @torch.no_grad()
     def answer(

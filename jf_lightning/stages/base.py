@@ -126,6 +126,7 @@ class JanusFlowStage(LightningModule):
         time_mean: float = 0.0,
         time_std: float = 1.0,
         seed: int = 0,
+        lr_scales: dict[str, float] | None = None,
     ):
         """
         Args:
@@ -145,8 +146,13 @@ class JanusFlowStage(LightningModule):
             time_std: Standard deviation of the logit-normal training-time distribution.
             seed: Seed of the flow noise and times; each batch's generator mixes it with the batch's
                 stream index and the global rank, so runs are reproducible and ranks differ.
+            lr_scales: Multipliers of ``lr`` per part group (``llm``, ``siglip``, ``adapters``), e.g.
+                ``{adapters: 2.0}`` for the parts trained from scratch; groups not named keep ``lr``.
         """
         super().__init__()
+        unknown = set(lr_scales or {}) - {"llm", "siglip", "adapters"}
+        if unknown:
+            raise ValueError(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
         # Logged by the CLI as part of the whole resolved config; not again by Lightning.
         self.save_hyperparameters(logger=False)
         self.model_config = resolve_config(preset, ablation, overrides)  # fail early on a bad config
@@ -267,10 +273,26 @@ class JanusFlowStage(LightningModule):
 
     # ------------------------------------------------------------------------------ optimizer
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters (frozen parts stay out): one group, or with ``lr_scales`` one
+        group per trainable part group at its scaled lr (named after it, as LearningRateMonitor
+        logs it)."""
+        scales = self.hparams.get("lr_scales") or {}
+        if not scales:
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        groups = part_groups(self.model)
+        out = []
+        for group in self.trainable_groups:
+            modules = [getattr(self.model, name) for name in groups[group]]
+            params = [p for m in modules for p in ([m] if isinstance(m, nn.Parameter) else m.parameters())]
+            params = [p for p in params if p.requires_grad]
+            if params:
+                out.append({"params": params, "lr": self.hparams.lr * scales.get(group, 1.0), "name": group})
+        return out
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]  # frozen parts stay out
         optimizer = torch.optim.AdamW(
-            params,
+            self.param_groups(),
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
             weight_decay=self.hparams.weight_decay,

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from jf_lightning.flow.sampler import PromptBatch, euler_sample, generate_latents, initial_noise
+from jf_lightning.flow.sampler import PromptBatch, euler_sample, generate_latents, generation_batch, initial_noise
 from jf_lightning.models.config import tiny
 from jf_lightning.models.janusflow import JanusFlow
 
@@ -8,13 +9,16 @@ PAD = 3
 PROMPTS = [[1, 40, 41, 42, 43], [1, 50, 51]]  # different lengths: exercises left padding
 
 
-def _model():
+def _model(gen_attention: str = "causal"):
     torch.manual_seed(0)
-    return JanusFlow(tiny()).eval()
+    cfg = tiny()
+    cfg.gen_attention = gen_attention
+    return JanusFlow(cfg).eval()
 
 
-def test_cached_sampler_equals_uncached():
-    model = _model()
+@pytest.mark.parametrize("gen_attention", ["causal", "bidirectional"])
+def test_cached_sampler_equals_uncached(gen_attention):
+    model = _model(gen_attention)
     cached = generate_latents(model, PROMPTS, [0, 1], PAD, steps=4, cfg_weight=3.0, use_cache=True)
     full = generate_latents(model, PROMPTS, [0, 1], PAD, steps=4, cfg_weight=3.0, use_cache=False)
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
@@ -54,3 +58,20 @@ def test_euler_integrates_a_constant_velocity_exactly():
     noise = torch.randn(2, 3)
     out = euler_sample(lambda z, t: x - noise, noise, steps=7, cfg_weight=None)
     torch.testing.assert_close(out, x)
+
+
+
+def test_bidirectional_slot_attention_changes_only_what_the_slot_tokens_see():
+    """Same weights, both masks, one packed generation row: the prompt cannot see the image either
+    way; the first latent token sees the rest of the image only when bidirectional."""
+    model = _model()
+    packed = generation_batch(PromptBatch.build(PROMPTS[:1], PAD), model.cfg.num_gen_tokens, PAD)
+    z, t = initial_noise([0], (12, 16, 16)), torch.full((1,), 0.3)
+    logits = {}
+    for mode in ("causal", "bidirectional"):
+        model.cfg.gen_attention = mode
+        logits[mode] = model(packed, noisy_latents=z, t=t, return_logits=True).logits[0]  # (L, V)
+    start = len(PROMPTS[0])  # the time token
+    causal, bidirectional = logits["causal"], logits["bidirectional"]
+    torch.testing.assert_close(causal[:start], bidirectional[:start])
+    assert not torch.allclose(causal[start + 1], bidirectional[start + 1], atol=1e-4)

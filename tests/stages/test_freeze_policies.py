@@ -94,6 +94,31 @@ def test_warmup_is_linear_then_constant():
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
 
 
+
+def test_lr_scales_give_each_part_group_its_own_lr_through_the_warmup():
+    module = built(STAGES["sft"], lr=1e-3, warmup_steps=2, lr_scales={"adapters": 3.0})
+    opt = module.configure_optimizers()
+    optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"llm", "siglip", "adapters"}
+    model = module.model
+    assert {id(p) for p in groups["llm"]["params"]} == {id(p) for p in model.language_model.parameters()}
+    assert {id(p) for p in groups["siglip"]["params"]} == {id(p) for p in model.vision_und_enc_model.parameters()}
+    assert any(p is model.beg_of_und_embed for p in groups["adapters"]["params"])
+    in_optimizer = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(in_optimizer) == sorted(id(p) for p in module.parameters() if p.requires_grad)  # each once
+    lrs = []
+    for _ in range(3):
+        lrs += [groups["llm"]["lr"], groups["adapters"]["lr"]]
+        optimizer.step()
+        schedule.step()
+    assert lrs == pytest.approx([5e-4, 1.5e-3, 1e-3, 3e-3, 1e-3, 3e-3])  # (llm, adapters) per step
+
+
+def test_lr_scales_refuse_an_unknown_group():
+    with pytest.raises(ValueError, match="lr_scales names unknown part groups \\['vae'\\]"):
+        STAGES["sft"](lr_scales={"vae": 2.0})
+
 def _fit(module, steps: int = 2):
     batches = [tiny_batch(module.model_config, seed=i, batch_index=i) for i in range(steps)]
     trainer = Trainer(
