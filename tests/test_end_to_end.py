@@ -67,7 +67,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
     assert client.get_experiment(run.info.experiment_id).name == "tiny"
     metrics = run.data.metrics
     for key in ("train/loss", "train/ar_loss", "train/rf_loss", "train/repa_loss", "val/ar_loss", "val/rf_loss",
-                "val/repa_loss", "train/lr", "val/und_accuracy", "val/shapes_geneval/overall",
+                "val/repa_loss", "train/lr/llm", "train/lr/adapters", "val/und_accuracy", "val/shapes_geneval/overall",
                 "time/fit_s", "time/validation_s", "time/train_step_ms"):  # fmt: skip
         assert key in metrics, key
     assert len(client.get_metric_history(run_id, "train/loss")) == 3
