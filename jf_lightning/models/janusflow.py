@@ -22,7 +22,7 @@ from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
 from jf_lightning.models.config import JanusFlowConfig
 from jf_lightning.models.gen_codec import GenerationDecoder, GenerationEncoder
 from jf_lightning.models.llm import build_llm
-from jf_lightning.models.masking import packed_attention_mask, slot_blocks, slot_index
+from jf_lightning.models.masking import additive_mask, packed_attention_mask, slot_blocks, slot_index
 from jf_lightning.models.repa import RepaHead
 from jf_lightning.models.und_encoder import SiglipEncoder, VaeConvNeXtEncoder, build_siglip
 from jf_lightning.models.vae import LatentCodec, build_vae
@@ -257,9 +257,7 @@ class JanusFlow(nn.Module):
     def _bidirectional_step_mask(key_mask: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, P + S) visible keys -> (B, 1, S, P + S) additive mask: the S slot tokens see the visible
         prompt and each other (handed over in 4D: from a 2D mask transformers would build a causal one)."""
-        allowed = key_mask[:, None, None, :].expand(-1, 1, num_queries, -1)  # (B, 1, S, P + S)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return additive_mask(key_mask[:, None, None, :].expand(-1, 1, num_queries, -1), dtype)  # (B, 1, S, P + S)
 
     @torch.no_grad()
     def answer(

@@ -43,5 +43,10 @@ def packed_attention_mask(
     allowed &= key_mask[:, None, :]
     # Every query keeps itself: a masked prompt token must not become an empty (NaN) softmax row.
     allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (R, 1, L, L)
+    return additive_mask(allowed[:, None], dtype)  # (R, 1, L, L)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean "query may see key" -> the additive mask SDPA takes: 0 where allowed, dtype's min elsewhere."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)

@@ -8,7 +8,7 @@ only samples the flow inputs, calls the model and weighs the losses.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -150,7 +150,7 @@ class JanusFlowStage(LightningModule):
                 ``{adapters: 2.0}`` for the parts trained from scratch; groups not named keep ``lr``.
         """
         super().__init__()
-        unknown = set(lr_scales or {}) - {"llm", "siglip", "adapters"}
+        unknown = set(lr_scales or {}) - set(get_args(PartGroup))
         if unknown:
             raise ValueError(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
         # Logged by the CLI as part of the whole resolved config; not again by Lightning.
