@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
 from jf_lightning.data.templates import Templater, TemplateStyle
-from jf_lightning.metrics.images import generate_images, make_grid
+from jf_lightning.metrics.images import generate_images, generate_trajectories, make_grid
 from jf_lightning.metrics.prompting import generation_prompt_ids
 
 DEFAULT_PROMPTS = (
@@ -135,7 +135,9 @@ class SampleGridCallback(Callback):
     """Every ``every_n_steps`` optimizer steps and at the end of training: one image per (prompt, seed)
     with the EMA weights, as a PNG grid (a row per prompt, a column per seed) saved under
     ``<run dir>/samples/step_XXXXXX.png`` (beside the run's checkpoints) and logged to MLflow as the artifact
-    ``samples/step_XXXXXX.png``."""
+    ``samples/step_XXXXXX.png``. With ``trajectory_columns`` it also draws ``trajectory_XXXXXX.png``: for
+    the first seed of each prompt, the clean image predicted along the sampler's path (where the layout
+    is decided, and whether a step shows two candidate objects that the finished image keeps)."""
 
     def __init__(
         self,
@@ -147,6 +149,7 @@ class SampleGridCallback(Callback):
         template: TemplateStyle | None = None,
         batch_size: int = 16,
         captions: bool = True,
+        trajectory_columns: int = 0,
     ):
         """
         Args:
@@ -158,12 +161,18 @@ class SampleGridCallback(Callback):
             template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
             batch_size: Images generated per sampler call, per rank.
             captions: Write each prompt under its image.
+            trajectory_columns: 0 = no trajectory; else the predicted clean image at this many points
+                of the path (the first at pure noise, the last the finished image); a path of fewer
+                steps shows all its steps + 1 points.
         """
         if every_n_steps < 1 or not prompts or not seeds:
             raise ValueError("SampleGridCallback needs every_n_steps >= 1, prompts and seeds")
+        if trajectory_columns < 0 or trajectory_columns == 1:
+            raise ValueError(f"trajectory_columns={trajectory_columns} must be 0 (off) or at least 2 (noise ... image)")
         self.every_n_steps, self.steps, self.cfg_weight = every_n_steps, steps, cfg_weight
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.template, self.batch_size, self.captions = template, batch_size, captions
+        self.trajectory_columns = trajectory_columns
         self._last_step = -1
         self.dirpath: Path | None = None
 
@@ -196,15 +205,34 @@ class SampleGridCallback(Callback):
                 self.batch_size,
             )
         images = gather_rows(trainer, share, images, len(prompts))  # (P*S, 3, H, W) uint8
+        if self.trajectory_columns:
+            self.trajectory(trainer, pl_module, templater, step)
         if not trainer.is_global_zero:
             return None
         grid = make_grid(images, prompts if self.captions else None, nrow=len(self.seeds))
-        return self._save(trainer, grid, step)
+        return self._save(trainer, grid, f"step_{step:06d}.png")
 
-    def _save(self, trainer: pl.Trainer, grid, step: int) -> Path:
+    def trajectory(self, trainer: pl.Trainer, pl_module: pl.LightningModule, templater: Templater, step: int) -> None:
+        """Draw the trajectory grid: a row per prompt (first seed), a column per point of the path."""
+        columns = min(self.trajectory_columns, self.steps + 1)
+        share = rank_share(len(self.prompts), trainer.global_rank, trainer.world_size)
+        mine = [max(i, 0) for i in share]
+        ids = [generation_prompt_ids(templater, self.prompts[i]) for i in mine]
+        with averaged_weights(trainer, pl_module), evaluation_mode(pl_module), trainer.precision_plugin.forward_context():
+            paths = generate_trajectories(
+                pl_module.model, ids, [self.seeds[0]] * len(ids), templater.pad, self.steps, self.cfg_weight,
+                self.batch_size, columns,
+            )  # (k, columns, 3, H, W)
+        paths = gather_rows(trainer, share, paths, len(self.prompts))  # (P, columns, 3, H, W)
+        if trainer.is_global_zero:
+            labels = [p if c == 0 else "" for p in self.prompts for c in range(columns)]
+            grid = make_grid(paths.flatten(0, 1), labels if self.captions else None, nrow=columns)
+            self._save(trainer, grid, f"trajectory_{step:06d}.png")
+
+    def _save(self, trainer: pl.Trainer, grid, name: str) -> Path:
         self.dirpath = run_dir(trainer) / "samples"
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        path = self.dirpath / f"step_{step:06d}.png"
+        path = self.dirpath / name
         grid.save(path)
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):

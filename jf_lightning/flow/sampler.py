@@ -16,6 +16,8 @@ import torch
 from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepHook = Callable[[int, torch.Tensor], None]
+"""Called at every Euler step with the step index and the clean latent the guided velocity points at."""
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -24,9 +26,13 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
 
 
-def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg_weight: float | None) -> torch.Tensor:
+def euler_sample(
+    velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg_weight: float | None, on_step: StepHook | None = None
+) -> torch.Tensor:
     """Integrate dz/dt = v from t = 0 (noise) to t = 1 (data). With ``cfg_weight`` the velocity
-    function receives [z; z] (conditional rows first) and v = w * v_cond + (1 - w) * v_uncond."""
+    function receives [z; z] (conditional rows first) and v = w * v_cond + (1 - w) * v_uncond.
+    ``on_step(i, x_hat)`` sees each step's predicted clean latent x_hat = z + (1 - t) v (B, C, h, w):
+    where along the path the picture is decided (the sample grid's trajectory)."""
     z, dt = noise, 1.0 / steps
     for i in range(steps):
         t = torch.full((z.shape[0],), i / steps, device=z.device)
@@ -35,6 +41,8 @@ def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg_weig
         else:
             v_cond, v_uncond = velocity(torch.cat([z, z]), torch.cat([t, t])).chunk(2)
             v = cfg_weight * v_cond + (1 - cfg_weight) * v_uncond
+        if on_step is not None:
+            on_step(i, z + (1 - i / steps) * v.float())
         z = z + dt * v.float()
     return z
 
@@ -138,8 +146,10 @@ def generate_latents(
     cfg_weight: float | None = 2.0,
     use_cache: bool = True,
     placeholder_id: int | None = None,
+    on_step: StepHook | None = None,
 ) -> torch.Tensor:
-    """Token prompts -> (B, C, h, w) latents. ``cfg_weight=None`` runs the conditional branch only."""
+    """Token prompts -> (B, C, h, w) latents. ``cfg_weight=None`` runs the conditional branch only;
+    ``on_step`` is handed to :func:`euler_sample`."""
     device = model.embed_tokens.weight.device
     batch = PromptBatch.guided(prompts, pad_id, cfg=cfg_weight is not None).to(device)
     if use_cache:
@@ -148,4 +158,4 @@ def generate_latents(
         velocity = full_velocity(model, batch, pad_id if placeholder_id is None else placeholder_id)
     cfg = model.cfg
     noise = initial_noise(seeds, (cfg.vae.latent_channels, cfg.latent_size, cfg.latent_size)).to(device)
-    return euler_sample(velocity, noise, steps, cfg_weight)
+    return euler_sample(velocity, noise, steps, cfg_weight, on_step)

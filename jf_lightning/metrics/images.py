@@ -98,3 +98,34 @@ def generate_images(
         )  # (b, C, h, w)
         out.append(latents_to_images(model.vae, latents))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def generate_trajectories(
+    model,
+    prompt_ids: Sequence[list[int]],
+    seeds: Sequence[int],
+    pad_id: int,
+    steps: int,
+    cfg_weight: float | None,
+    batch_size: int,
+    columns: int,
+) -> torch.Tensor:
+    """Like :func:`generate_images`, but (N, columns, 3, H, W) uint8: the clean image predicted at
+    ``columns`` evenly spaced Euler steps, the first at pure noise, then the finished image."""
+    keep = {round(k * (steps - 1) / max(columns - 2, 1)) for k in range(columns - 1)}  # step indices
+    out = []
+    for i in range(0, len(prompt_ids), batch_size):
+        predicted = []  # x_hat at the kept steps, each (b, C, h, w)
+        latents = generate_latents(
+            model,
+            list(prompt_ids[i : i + batch_size]),
+            list(seeds[i : i + batch_size]),
+            pad_id,
+            steps,
+            cfg_weight,
+            on_step=lambda step, x_hat: predicted.append(x_hat) if step in keep else None,
+        )
+        path = torch.stack([*predicted, latents], dim=1)  # (b, columns, C, h, w)
+        out.append(latents_to_images(model.vae, path.flatten(0, 1)).unflatten(0, path.shape[:2]))
+    return torch.cat(out)

@@ -119,6 +119,24 @@ def test_callbacks_log_metrics_and_sample_grids_during_fit(tmp_path):
     assert stage.training  # modes restored after sampling
 
 
+def test_sample_grid_draws_the_trajectory_beside_the_grid(tmp_path):
+    grid = SampleGridCallback(
+        every_n_steps=100, prompts=["a photo of a circle", "a photo of a square"], seeds=[5, 6], steps=3,
+        trajectory_columns=6, captions=False,
+    )
+    trainer = _trainer(tmp_path, [grid], max_steps=1)
+    trainer.fit(_stage(), datamodule=TinyData())
+    assert sorted(p.name for p in grid.dirpath.iterdir()) == ["step_000001.png", "trajectory_000001.png"]
+    with Image.open(grid.dirpath / "trajectory_000001.png") as png:
+        # 3 steps have 4 points (noise, two steps, the image) x 2 prompts of 32 px, 2 px padding
+        assert png.size == (4 * 32 + 5 * 2, 2 * 32 + 3 * 2)
+
+
+def test_sample_grid_refuses_a_one_column_trajectory():
+    with pytest.raises(ValueError, match="trajectory_columns=1"):
+        SampleGridCallback(steps=3, trajectory_columns=1)
+
+
 def test_sample_grid_is_drawn_at_the_end_of_training_off_the_schedule(tmp_path):
     grid = SampleGridCallback(every_n_steps=100, prompts=["a photo of a circle"], seeds=[5], steps=1)
     trainer = _trainer(tmp_path, [grid], max_steps=1)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from jf_lightning.flow.sampler import PromptBatch, euler_sample, generate_latents, generation_batch, initial_noise
+from jf_lightning.metrics.images import generate_images, generate_trajectories
 from jf_lightning.models.config import tiny
 from jf_lightning.models.janusflow import JanusFlow
 
@@ -59,6 +60,25 @@ def test_euler_integrates_a_constant_velocity_exactly():
     out = euler_sample(lambda z, t: x - noise, noise, steps=7, cfg_weight=None)
     torch.testing.assert_close(out, x)
 
+
+
+def test_step_hook_sees_the_clean_latent_the_velocity_points_at():
+    """On a straight path every step's prediction z + (1 - t) v is the data itself."""
+    x, noise = torch.randn(2, 3), torch.randn(2, 3)
+    seen = []
+    euler_sample(lambda z, t: x - noise, noise, steps=5, cfg_weight=None, on_step=lambda i, x_hat: seen.append((i, x_hat)))
+    assert [i for i, _ in seen] == list(range(5))
+    for _, x_hat in seen:
+        torch.testing.assert_close(x_hat, x)
+
+
+def test_trajectory_ends_in_the_generated_image_and_starts_elsewhere():
+    model = _model()
+    images = generate_images(model, PROMPTS, [0, 1], PAD, steps=4, cfg_weight=3.0, batch_size=2)
+    paths = generate_trajectories(model, PROMPTS, [0, 1], PAD, steps=4, cfg_weight=3.0, batch_size=1, columns=3)
+    assert paths.shape == (2, 3, *images.shape[1:]) and paths.dtype == torch.uint8
+    torch.testing.assert_close(paths[:, -1], images, atol=1, rtol=0)  # batching: float noise, same pixels
+    assert not torch.equal(paths[:, 0], paths[:, -1])
 
 
 def test_bidirectional_slot_attention_changes_only_what_the_slot_tokens_see():
