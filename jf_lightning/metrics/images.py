@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision.utils
 from PIL import Image, ImageDraw, ImageFont
 
-from jf_lightning.flow.sampler import generate_latents
+from jf_lightning.flow.sampler import StepHook, generate_latents
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
@@ -100,6 +100,16 @@ def generate_images(
     return torch.cat(out)
 
 
+def _collect(keep: set[int], into: list[torch.Tensor]) -> StepHook:
+    """A sampler hook that appends the predicted clean latent of the steps in ``keep`` to ``into``."""
+
+    def hook(step: int, x_hat: torch.Tensor) -> None:
+        if step in keep:
+            into.append(x_hat)
+
+    return hook
+
+
 @torch.no_grad()
 def generate_trajectories(
     model,
@@ -124,7 +134,7 @@ def generate_trajectories(
             pad_id,
             steps,
             cfg_weight,
-            on_step=lambda step, x_hat: predicted.append(x_hat) if step in keep else None,
+            on_step=_collect(keep, predicted),
         )
         path = torch.stack([*predicted, latents], dim=1)  # (b, columns, C, h, w)
         out.append(latents_to_images(model.vae, path.flatten(0, 1)).unflatten(0, path.shape[:2]))

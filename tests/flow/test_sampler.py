@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from jf_lightning.flow.sampler import PromptBatch, euler_sample, generate_latents, generation_batch, initial_noise
+from jf_lightning.flow.sampler import (
+    PromptBatch,
+    euler_sample,
+    generate_latents,
+    generation_batch,
+    initial_noise,
+)
 from jf_lightning.metrics.images import generate_images, generate_trajectories
 from jf_lightning.models.config import tiny
 from jf_lightning.models.janusflow import JanusFlow
