@@ -86,18 +86,7 @@ def generate_images(
 ) -> torch.Tensor:
     """Token prompts (each BOS ... up to ``<begin_of_image>``) -> (N, 3, H, W) uint8, in batches of
     ``batch_size``. Every image's noise comes from its own seed, so batching changes nothing."""
-    out = []
-    for i in range(0, len(prompt_ids), batch_size):
-        latents = generate_latents(
-            model,
-            list(prompt_ids[i : i + batch_size]),
-            list(seeds[i : i + batch_size]),
-            pad_id,
-            steps,
-            cfg_weight,
-        )  # (b, C, h, w)
-        out.append(latents_to_images(model.vae, latents))
-    return torch.cat(out)
+    return generate_trajectories(model, prompt_ids, seeds, pad_id, steps, cfg_weight, batch_size, columns=1)[:, 0]
 
 
 def _collect(keep: set[int], into: list[torch.Tensor]) -> StepHook:
@@ -122,7 +111,8 @@ def generate_trajectories(
     columns: int,
 ) -> torch.Tensor:
     """Like :func:`generate_images`, but (N, columns, 3, H, W) uint8: the clean image predicted at
-    ``columns`` evenly spaced Euler steps, the first at pure noise, then the finished image."""
+    ``columns - 1`` evenly spaced Euler steps, the first at pure noise, then the finished image
+    (``columns=1``: the finished image alone)."""
     keep = {round(k * (steps - 1) / max(columns - 2, 1)) for k in range(columns - 1)}  # step indices
     out = []
     for i in range(0, len(prompt_ids), batch_size):
