@@ -113,6 +113,8 @@ def generate_trajectories(
     """Like :func:`generate_images`, but (N, columns, 3, H, W) uint8: the clean image predicted at
     ``columns - 1`` evenly spaced Euler steps, the first at pure noise, then the finished image
     (``columns=1``: the finished image alone)."""
+    if not 1 <= columns <= steps + 1:
+        raise ValueError(f"columns={columns} must be within 1..steps + 1 = {steps + 1} (a path has steps + 1 points)")
     keep = {round(k * (steps - 1) / max(columns - 2, 1)) for k in range(columns - 1)}  # step indices
     out = []
     for i in range(0, len(prompt_ids), batch_size):

@@ -85,6 +85,8 @@ def test_trajectory_ends_in_the_generated_image_and_starts_elsewhere():
     assert paths.shape == (2, 3, *images.shape[1:]) and paths.dtype == torch.uint8
     torch.testing.assert_close(paths[:, -1], images, atol=1, rtol=0)  # batching: float noise, same pixels
     assert not torch.equal(paths[:, 0], paths[:, -1])
+    with pytest.raises(ValueError, match="columns=6"):
+        generate_trajectories(model, PROMPTS, [0, 1], PAD, steps=4, cfg_weight=3.0, batch_size=1, columns=6)
 
 
 def test_bidirectional_slot_attention_changes_only_what_the_slot_tokens_see():
