@@ -77,6 +77,13 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
     config = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
     assert "max_steps: 3" in config
 
-    jf(tmp_path, "validate", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES, f"--ckpt_path={ckpt}")
+    # evaluating a checkpoint on more prompts (README): the override reaches the last callback, GenEval
+    jf(tmp_path, "validate", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES, f"--ckpt_path={ckpt}",
+       "--trainer.callbacks.init_args.n_per_task=2")  # fmt: skip
     runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
-    assert len(runs) == 2 and "val/rf_loss" in runs[0].data.metrics
+    assert len(runs) == 2 and runs[0].info.run_id != run_id
+    # the checkpoint restores the weights fit validated with (the EMA): same noise, same losses
+    for key in ("val/rf_loss", "val/ar_loss", "val/repa_loss"):
+        assert runs[0].data.metrics[key] == pytest.approx(metrics[key], rel=1e-5), key
+    config = Path(client.download_artifacts(runs[0].info.run_id, "config.yaml", str(tmp_path / "v"))).read_text()
+    assert "n_per_task: 2" in config
