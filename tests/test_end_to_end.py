@@ -87,3 +87,21 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
         assert runs[0].data.metrics[key] == pytest.approx(metrics[key], rel=1e-5), key
     config = Path(client.download_artifacts(runs[0].info.run_id, "config.yaml", str(tmp_path / "v"))).read_text()
     assert "n_per_task: 2" in config
+
+
+@pytest.mark.slow
+def test_fit_on_two_ddp_processes(tmp_path):
+    # The same config on 2 CPU processes (DDP over gloo): one MLflow run, logged by rank 0 alone.
+    (tmp_path / "small.yaml").write_text(SMALL)
+    overrides = [o for o in OVERRIDES if not o.startswith("--data.val_batches")]
+    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *overrides, "--data.val_batches=2",
+             "--trainer.strategy=ddp", "--trainer.devices=2")  # fmt: skip
+    assert out.count("MLflow run ") == 1, out[-3000:]
+    run_id = re.search(r"MLflow run (\w+)", out).group(1)
+    assert Path(re.search(r"checkpoint: (\S+)", out).group(1)).is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    for key in ("val/rf_loss", "val/und_accuracy", "val/shapes_geneval/overall"):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(run_id, "train/loss")) == 3

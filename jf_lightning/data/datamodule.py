@@ -254,8 +254,13 @@ class JanusFlowDataModule(LightningDataModule):
                 f"val_sources provide {sorted(self._val)} but the first ratio draws none of them"
             )
         rank, world, _ = self._dist()
-        # Ranks split the val_batches between them; with DDP keep val_batches a multiple of the world
-        # size, or ranks run different numbers of validation steps.
+        # Ranks split the val_batches between them. Unequal shares would hang DDP: the rank with one
+        # batch more waits in a collective of its extra step that the others never join.
+        if self.val_batches % world:
+            raise ValueError(
+                f"data.val_batches={self.val_batches} must be a multiple of the {world} processes: "
+                f"set it to {world * -(-self.val_batches // world)}"
+            )
         dataset = PackedBatchStream(
             self._val,
             RatioSchedule([(0, ratio)]),

@@ -1,5 +1,6 @@
 import json
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -95,6 +96,16 @@ def test_validation_is_finite_and_the_same_for_any_worker_count(tiny_shards, tok
     for x, y in zip(v0, v2):
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.gen_pixels, y.gen_pixels)
     assert all(kinds_of(b)["text"] == 0 for b in v0)  # no text val source: the ratio drops it
+
+
+def test_val_batches_that_ranks_cannot_share_evenly_are_refused(tiny_shards, tokenizer_dir):
+    # unequal shares would leave one DDP rank waiting in a collective forever: refuse, naming the fix
+    dm = make_dm(tiny_shards, tokenizer_dir, val_batches=3)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, accumulate_grad_batches=1)
+    with pytest.raises(ValueError, match=r"data.val_batches=3 must be a multiple of the 2 processes: set it to 4"):
+        dm.val_dataloader()
+    dm.val_batches = 4
+    assert [b.batch_index for b in dm.val_dataloader()] == [1, 3]
 
 
 def test_state_dict_resumes_the_batch_numbering(tiny_shards, tokenizer_dir):
