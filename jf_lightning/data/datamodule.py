@@ -212,9 +212,21 @@ class JanusFlowDataModule(LightningDataModule):
                 raise ValueError(
                     f"ratio_schedule draws {missing} samples but no training source has that kind"
                 )
-        if stage in (None, "fit", "validate") and self.val_sources and self._val is None:
-            self._val = _group(self.val_sources)
+        if stage in (None, "fit", "validate") and self.val_sources:
+            if self._val is None:
+                self._val = _group(self.val_sources)
+            self._check_val_share()  # every time: the world size is known only once the trainer runs
         self._templater()
+
+    def _check_val_share(self) -> None:
+        # Unequal shares of the validation batches would hang DDP: the rank with one batch more waits
+        # in a collective of its extra step that the others never join.
+        world = self._dist()[1]
+        if self.val_batches % world:
+            raise ValueError(
+                f"data.val_batches={self.val_batches} must be a multiple of the {world} processes: "
+                f"set it to {world * -(-self.val_batches // world)}"
+            )
 
     def _templater(self) -> Templater:
         return Templater(self.tokenizer, self.num_und_tokens, self.num_gen_tokens, self.template)
@@ -254,13 +266,7 @@ class JanusFlowDataModule(LightningDataModule):
                 f"val_sources provide {sorted(self._val)} but the first ratio draws none of them"
             )
         rank, world, _ = self._dist()
-        # Ranks split the val_batches between them. Unequal shares would hang DDP: the rank with one
-        # batch more waits in a collective of its extra step that the others never join.
-        if self.val_batches % world:
-            raise ValueError(
-                f"data.val_batches={self.val_batches} must be a multiple of the {world} processes: "
-                f"set it to {world * -(-self.val_batches // world)}"
-            )
+        # Ranks split the val_batches between them (setup checked that they split evenly).
         dataset = PackedBatchStream(
             self._val,
             RatioSchedule([(0, ratio)]),

@@ -103,7 +103,7 @@ def test_val_batches_that_ranks_cannot_share_evenly_are_refused(tiny_shards, tok
     dm = make_dm(tiny_shards, tokenizer_dir, val_batches=3)
     dm.trainer = SimpleNamespace(global_rank=1, world_size=2, accumulate_grad_batches=1)
     with pytest.raises(ValueError, match=r"data.val_batches=3 must be a multiple of the 2 processes: set it to 4"):
-        dm.val_dataloader()
+        dm.setup("fit")  # before any training step
     dm.val_batches = 4
     assert [b.batch_index for b in dm.val_dataloader()] == [1, 3]
 
