@@ -14,10 +14,13 @@ import pytest
 from mlflow import MlflowClient
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
-# Cheaper evaluation callbacks than tiny.yaml's (a second -c replaces the trainer.callbacks list).
+# Cheaper evaluation callbacks than tiny.yaml's (a second -c replaces the trainer.callbacks list); the
+# autoguide snapshot at step 2 is used by the validation at step 3 and restored by validate.
 SMALL = """
 trainer:
   callbacks:
+    - class_path: jf_lightning.callbacks.autoguidance.Autoguidance
+      init_args: {snapshot_step: 2, weight: 2.0}
     - class_path: jf_lightning.callbacks.sample_grid.SampleGridCallback
       init_args: {every_n_steps: 1000, prompts: [a photo of a red circle], seeds: [0], steps: 2}
     - class_path: jf_lightning.callbacks.understanding.UnderstandingAccuracyCallback

@@ -18,8 +18,11 @@ This subclass changes four things:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
@@ -103,3 +106,21 @@ class EMA(WeightAveraging):
         # Outside fit the checkpoint's state_dict already holds the averaged weights: nothing to do.
         if self._average_model is not None:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+@contextlib.contextmanager
+def averaged_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
+    """Outside validation: swap the weight-averaging callbacks' averages in, and back out after.
+
+    (During validation the EMA callback has already swapped them in, and keeps them in until
+    ``on_validation_end``, after every callback's ``on_validation_epoch_end``.)"""
+    swappers = [
+        cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging) and cb._average_model is not None
+    ]
+    for cb in swappers:
+        cb._swap_models(pl_module)  # swapping twice restores: the only public-free way in
+    try:
+        yield
+    finally:
+        for cb in reversed(swappers):
+            cb._swap_models(pl_module)

@@ -52,6 +52,7 @@ class ShapesGenEvalCallback(Callback):
         detector: Detector | None = None,
         template: TemplateStyle | None = None,
         options: GenEvalOptions | None = None,
+        temperature: float = 1.0,
     ):
         """
         Args:
@@ -64,11 +65,13 @@ class ShapesGenEvalCallback(Callback):
             detector: Object detector (``detect(image) -> list[Detection]``); null: ShapesDetector.
             template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
             options: GenEval's thresholds; null: GenEval's defaults.
+            temperature: Scale of the initial noise (below 1: fewer, surer objects).
         """
         if n_per_task < 1 or batch_size < 1:
             raise ValueError("ShapesGenEvalCallback needs n_per_task >= 1 and batch_size >= 1")
         self.n_per_task, self.steps, self.cfg_weight = n_per_task, steps, cfg_weight
         self.image_size, self.seed, self.batch_size = image_size, seed, batch_size
+        self.temperature = temperature
         self.detector = detector if detector is not None else ShapesDetector()
         self.template = template
         self.options = options or GenEvalOptions()
@@ -108,7 +111,8 @@ class ShapesGenEvalCallback(Callback):
         templater = templater_for(trainer, pl_module, self.template)
         prompts = [spec["prompt"] for spec in specs]
         return render_prompts(
-            trainer, pl_module, templater, prompts, seeds, self.steps, self.cfg_weight, self.batch_size
+            trainer, pl_module, templater, prompts, seeds, self.steps, self.cfg_weight, self.batch_size,
+            self.temperature,
         )
 
     def score(self, image: torch.Tensor, spec: Mapping[str, Any]) -> bool:

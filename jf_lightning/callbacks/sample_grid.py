@@ -17,9 +17,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
+from jf_lightning.callbacks.autoguidance import autoguide_for
+from jf_lightning.callbacks.ema import averaged_weights
 from jf_lightning.data.templates import Templater, TemplateStyle
 from jf_lightning.metrics.images import generate_images, generate_trajectories, make_grid
 from jf_lightning.metrics.prompting import generation_prompt_ids
@@ -48,24 +49,6 @@ def templater_for(
     style = style or getattr(datamodule, "template", None) or "pretrain"
     cfg = pl_module.model.cfg
     return Templater(tokenizer, cfg.num_und_tokens, cfg.num_gen_tokens, style)
-
-
-@contextlib.contextmanager
-def averaged_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
-    """Outside validation: swap the weight-averaging callbacks' averages in, and back out after.
-
-    (During validation the EMA callback has already swapped them in, and keeps them in until
-    ``on_validation_end``, after every callback's ``on_validation_epoch_end``.)"""
-    swappers = [
-        cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging) and cb._average_model is not None
-    ]
-    for cb in swappers:
-        cb._swap_models(pl_module)  # swapping twice restores: the only public-free way in
-    try:
-        yield
-    finally:
-        for cb in reversed(swappers):
-            cb._swap_models(pl_module)
 
 
 @contextlib.contextmanager
@@ -121,11 +104,16 @@ def render_prompts(
     steps: int,
     cfg_weight: float | None,
     batch_size: int,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """(N, 3, H, W) uint8 images of ``prompts`` on this rank, in the trainer's precision context."""
+    """(N, 3, H, W) uint8 images of ``prompts`` on this rank, in the trainer's precision context, with
+    the trainer's autoguide when an :class:`Autoguidance` callback has one."""
     ids = [generation_prompt_ids(templater, p) for p in prompts]
+    guide = autoguide_for(trainer, pl_module)
     with trainer.precision_plugin.forward_context():
-        return generate_images(pl_module.model, ids, seeds, templater.pad, steps, cfg_weight, batch_size)
+        return generate_images(
+            pl_module.model, ids, seeds, templater.pad, steps, cfg_weight, batch_size, temperature, guide
+        )
 
 
 # ------------------------------------------------------------------------------------------ the callback
@@ -150,6 +138,7 @@ class SampleGridCallback(Callback):
         batch_size: int = 16,
         captions: bool = True,
         trajectory_columns: int = 0,
+        temperature: float = 1.0,
     ):
         """
         Args:
@@ -172,7 +161,7 @@ class SampleGridCallback(Callback):
         self.every_n_steps, self.steps, self.cfg_weight = every_n_steps, steps, cfg_weight
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.template, self.batch_size, self.captions = template, batch_size, captions
-        self.trajectory_columns = trajectory_columns
+        self.trajectory_columns, self.temperature = trajectory_columns, temperature
         self._last_step = -1
         self.dirpath: Path | None = None
 
@@ -203,6 +192,7 @@ class SampleGridCallback(Callback):
                 self.steps,
                 self.cfg_weight,
                 self.batch_size,
+                self.temperature,
             )
         images = gather_rows(trainer, share, images, len(prompts))  # (P*S, 3, H, W) uint8
         if self.trajectory_columns:
@@ -221,7 +211,7 @@ class SampleGridCallback(Callback):
         with averaged_weights(trainer, pl_module), evaluation_mode(pl_module), trainer.precision_plugin.forward_context():
             paths = generate_trajectories(
                 pl_module.model, ids, [self.seeds[0]] * len(ids), templater.pad, self.steps, self.cfg_weight,
-                self.batch_size, columns,
+                self.batch_size, columns, self.temperature, autoguide_for(trainer, pl_module),
             )  # (k, columns, 3, H, W)
         paths = gather_rows(trainer, share, paths, len(self.prompts))  # (P, columns, 3, H, W)
         if trainer.is_global_zero:

@@ -20,27 +20,49 @@ StepHook = Callable[[int, torch.Tensor], None]
 """Called at every Euler step with the step index and the clean latent the guided velocity points at."""
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+def initial_noise(seeds: list[int], shape: tuple[int, ...], temperature: float = 1.0) -> torch.Tensor:
     """(B, *shape) float32 noise, one CPU generator per image: the same (prompt, seed) gives the same
-    image on every machine and in every batch composition."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    image on every machine and in every batch composition. ``temperature`` < 1 shrinks it (Glow's
+    reduced-temperature sampling: fewer, surer objects at some cost in variety)."""
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    return noise * temperature if temperature != 1.0 else noise
+
+
+@dataclass(frozen=True)
+class Autoguide:
+    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself"): an
+    earlier, weaker copy of the model whose conditional velocity the sampler steers away from, adding
+    ``weight * (v_cond - v_guide)`` to the classifier-free guided velocity. Where the two models agree
+    (what both learned) nothing changes; where the guide errs the most, the step moves away from it."""
+
+    model: torch.nn.Module
+    weight: float
 
 
 def euler_sample(
-    velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg_weight: float | None, on_step: StepHook | None = None
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    steps: int,
+    cfg_weight: float | None,
+    on_step: StepHook | None = None,
+    guide_velocity: VelocityFn | None = None,
+    guide_weight: float = 0.0,
 ) -> torch.Tensor:
     """Integrate dz/dt = v from t = 0 (noise) to t = 1 (data). With ``cfg_weight`` the velocity
     function receives [z; z] (conditional rows first) and v = w * v_cond + (1 - w) * v_uncond.
+    With ``guide_velocity`` (the conditional velocity of an autoguide), v += k * (v_cond - v_guide).
     ``on_step(i, x_hat)`` sees each step's predicted clean latent x_hat = z + (1 - t) v (B, C, h, w):
     where along the path the picture is decided (the sample grid's trajectory)."""
     z, dt = noise, 1.0 / steps
     for i in range(steps):
         t = torch.full((z.shape[0],), i / steps, device=z.device)
         if cfg_weight is None:
-            v = velocity(z, t)
+            v = v_cond = velocity(z, t)
         else:
             v_cond, v_uncond = velocity(torch.cat([z, z]), torch.cat([t, t])).chunk(2)
             v = cfg_weight * v_cond + (1 - cfg_weight) * v_uncond
+        if guide_velocity is not None:
+            v = v + guide_weight * (v_cond - guide_velocity(z, t))
         if on_step is not None:
             on_step(i, z + (1 - i / steps) * v.float())
         z = z + dt * v.float()
@@ -147,15 +169,24 @@ def generate_latents(
     use_cache: bool = True,
     placeholder_id: int | None = None,
     on_step: StepHook | None = None,
+    temperature: float = 1.0,
+    autoguide: Autoguide | None = None,
 ) -> torch.Tensor:
     """Token prompts -> (B, C, h, w) latents. ``cfg_weight=None`` runs the conditional branch only;
-    ``on_step`` is handed to :func:`euler_sample`."""
+    ``temperature`` scales the initial noise; ``autoguide`` adds autoguidance (one more conditional
+    pass per step, through the guide); ``on_step`` is handed to :func:`euler_sample`."""
     device = model.embed_tokens.weight.device
-    batch = PromptBatch.guided(prompts, pad_id, cfg=cfg_weight is not None).to(device)
-    if use_cache:
-        velocity = cached_velocity(model, batch)
-    else:
-        velocity = full_velocity(model, batch, pad_id if placeholder_id is None else placeholder_id)
+    placeholder = pad_id if placeholder_id is None else placeholder_id
+
+    def velocity_of(net, cfg: bool) -> VelocityFn:
+        batch = PromptBatch.guided(prompts, pad_id, cfg=cfg).to(device)
+        return cached_velocity(net, batch) if use_cache else full_velocity(net, batch, placeholder)
+
+    velocity = velocity_of(model, cfg_weight is not None)
+    guide_velocity = velocity_of(autoguide.model, False) if autoguide is not None else None
     cfg = model.cfg
-    noise = initial_noise(seeds, (cfg.vae.latent_channels, cfg.latent_size, cfg.latent_size)).to(device)
-    return euler_sample(velocity, noise, steps, cfg_weight, on_step)
+    shape = (cfg.vae.latent_channels, cfg.latent_size, cfg.latent_size)
+    noise = initial_noise(seeds, shape, temperature).to(device)
+    return euler_sample(
+        velocity, noise, steps, cfg_weight, on_step, guide_velocity, autoguide.weight if autoguide else 0.0
+    )

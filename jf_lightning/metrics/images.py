@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision.utils
 from PIL import Image, ImageDraw, ImageFont
 
-from jf_lightning.flow.sampler import StepHook, generate_latents
+from jf_lightning.flow.sampler import Autoguide, StepHook, generate_latents
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
@@ -83,10 +83,15 @@ def generate_images(
     steps: int,
     cfg_weight: float | None,
     batch_size: int,
+    temperature: float = 1.0,
+    autoguide: Autoguide | None = None,
 ) -> torch.Tensor:
     """Token prompts (each BOS ... up to ``<begin_of_image>``) -> (N, 3, H, W) uint8, in batches of
-    ``batch_size``. Every image's noise comes from its own seed, so batching changes nothing."""
-    return generate_trajectories(model, prompt_ids, seeds, pad_id, steps, cfg_weight, batch_size, columns=1)[:, 0]
+    ``batch_size``. Every image's noise comes from its own seed, so batching changes nothing.
+    ``temperature`` and ``autoguide``: see :func:`generate_latents`."""
+    return generate_trajectories(
+        model, prompt_ids, seeds, pad_id, steps, cfg_weight, batch_size, 1, temperature, autoguide
+    )[:, 0]
 
 
 def _collect(keep: set[int], into: list[torch.Tensor]) -> StepHook:
@@ -109,6 +114,8 @@ def generate_trajectories(
     cfg_weight: float | None,
     batch_size: int,
     columns: int,
+    temperature: float = 1.0,
+    autoguide: Autoguide | None = None,
 ) -> torch.Tensor:
     """Like :func:`generate_images`, but (N, columns, 3, H, W) uint8: the clean image predicted at
     ``columns - 1`` evenly spaced Euler steps, the first at pure noise, then the finished image
@@ -127,6 +134,8 @@ def generate_trajectories(
             steps,
             cfg_weight,
             on_step=_collect(keep, predicted),
+            temperature=temperature,
+            autoguide=autoguide,
         )
         path = torch.stack([*predicted, latents], dim=1)  # (b, columns, C, h, w)
         out.append(latents_to_images(model.vae, path.flatten(0, 1)).unflatten(0, path.shape[:2]))

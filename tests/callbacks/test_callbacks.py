@@ -13,11 +13,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from jf_lightning.callbacks.ema import EMA
+from jf_lightning.callbacks.ema import EMA, averaged_weights
 from jf_lightning.callbacks.geneval import ShapesGenEvalCallback
 from jf_lightning.callbacks.sample_grid import (
     SampleGridCallback,
-    averaged_weights,
     evaluation_mode,
     rank_share,
     templater_for,

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from jf_lightning.flow.sampler import (
+    Autoguide,
     PromptBatch,
     euler_sample,
     generate_latents,
@@ -103,3 +104,26 @@ def test_bidirectional_slot_attention_changes_only_what_the_slot_tokens_see():
     causal, bidirectional = logits["causal"], logits["bidirectional"]
     torch.testing.assert_close(causal[:start], bidirectional[:start])
     assert not torch.allclose(causal[start + 1], bidirectional[start + 1], atol=1e-4)
+
+
+def test_autoguidance_adds_its_weighted_difference_to_the_guided_velocity():
+    cond, uncond, guide = 1.0, -2.0, 0.5
+    velocity = lambda z, t: torch.cat([torch.full_like(z[:1], cond), torch.full_like(z[:1], uncond)])  # noqa: E731
+    out = euler_sample(velocity, torch.zeros(1, 2), steps=1, cfg_weight=3.0,
+                       guide_velocity=lambda z, t: torch.full_like(z, guide), guide_weight=2.0)  # fmt: skip
+    assert torch.allclose(out, torch.full((1, 2), 3.0 * cond - 2.0 * uncond + 2.0 * (cond - guide)))
+
+
+def test_a_guide_identical_to_the_model_changes_nothing_and_another_one_does():
+    model = _model()
+    plain = generate_latents(model, PROMPTS, [0, 1], PAD, steps=3, cfg_weight=2.0)
+    same = generate_latents(model, PROMPTS, [0, 1], PAD, steps=3, cfg_weight=2.0, autoguide=Autoguide(model, 2.0))
+    torch.testing.assert_close(same, plain, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(1)
+    other = JanusFlow(tiny()).eval()
+    guided = generate_latents(model, PROMPTS, [0, 1], PAD, steps=3, cfg_weight=2.0, autoguide=Autoguide(other, 2.0))
+    assert not torch.allclose(guided, plain, atol=1e-3)
+
+
+def test_temperature_scales_the_initial_noise():
+    torch.testing.assert_close(initial_noise([3, 4], (4, 2, 2), temperature=0.5), 0.5 * initial_noise([3, 4], (4, 2, 2)))
