@@ -73,7 +73,7 @@ def test_no_guide_before_the_snapshot_or_with_weight_zero(tmp_path):
 
 
 def test_checkpoint_carries_the_snapshot_into_validate(tmp_path):
-    module, guidance, _, trainer, batches = _fit(tmp_path)
+    _, guidance, _, trainer, batches = _fit(tmp_path)
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     saved = probe(guidance.guide).detach().clone()

@@ -108,7 +108,7 @@ def test_bidirectional_slot_attention_changes_only_what_the_slot_tokens_see():
 
 def test_autoguidance_adds_its_weighted_difference_to_the_guided_velocity():
     cond, uncond, guide = 1.0, -2.0, 0.5
-    velocity = lambda z, t: torch.cat([torch.full_like(z[:1], cond), torch.full_like(z[:1], uncond)])  # noqa: E731
+    velocity = lambda z, t: torch.cat([torch.full_like(z[:1], cond), torch.full_like(z[:1], uncond)])
     out = euler_sample(velocity, torch.zeros(1, 2), steps=1, cfg_weight=3.0,
                        guide_velocity=lambda z, t: torch.full_like(z, guide), guide_weight=2.0)  # fmt: skip
     assert torch.allclose(out, torch.full((1, 2), 3.0 * cond - 2.0 * uncond + 2.0 * (cond - guide)))
