@@ -4,8 +4,9 @@ a Bad Version of Itself"; the sampler side is ``flow.sampler.Autoguide``).
 
 The guide must be the same model, less trained. The snapshot copies the weights sampling uses (the
 EMA's, when the EMA callback runs) after ``snapshot_step`` optimizer steps; validations up to then
-sample without a guide. It is kept in the checkpoint, so ``validate --ckpt_path`` samples as fit did. Memory: one more copy
-of the trainable weights; frozen ones (SigLIP, the VAE) are shared with the live model.
+sample without a guide. It is kept in the checkpoint, so ``validate --ckpt_path`` samples as fit did.
+Memory: one more copy of the trainable weights; frozen ones (SigLIP, the VAE) are shared with the live
+model.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class Autoguidance(Callback):
         if self.guide is None and self._pending is not None:
             self._take(pl_module.model)
             result = self.guide.load_state_dict(self._pending, strict=False)
-            if result.unexpected_keys or set(result.missing_keys) & set(self._pending):
+            # every trained parameter must come from the checkpoint; frozen ones are the live model's
+            if result.unexpected_keys or set(result.missing_keys) & set(self._trained_names):
                 raise RuntimeError(f"checkpoint's autoguidance snapshot does not fit the model: {result}")
             self._pending = None
         if self.guide is None or not self.weight:

@@ -92,3 +92,11 @@ def test_checkpoint_carries_the_snapshot_into_validate(tmp_path):
     assert seen and seen[0] is not None
     torch.testing.assert_close(probe(seen[0].model), saved)
     assert seen[0].model.language_model.lm_head.weight is fresh.model.language_model.lm_head.weight
+
+
+def test_a_snapshot_that_lacks_trained_weights_is_refused(tmp_path):
+    module = built(AdaptationStage)
+    guidance = Autoguidance(snapshot_step=1)
+    guidance.load_state_dict({"guide": {"vision_gen_dec_aligner.weight": probe(module.model).detach().clone()}})
+    with pytest.raises(RuntimeError, match="does not fit the model"):
+        guidance.autoguide(module)
