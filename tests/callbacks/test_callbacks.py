@@ -163,7 +163,7 @@ def _validate(tmp_path, callback) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("blank", [False, True])
-def test_geneval_scores_ground_truth_renders_high_and_blank_images_zero(tmp_path, monkeypatch, blank):
+def test_geneval_scores_ground_truth_renders_high_and_blank_images_zero_and_empty(tmp_path, monkeypatch, blank):
     callback = ShapesGenEvalCallback(n_per_task=4)
     monkeypatch.setattr(
         callback, "generate", lambda trainer, module, specs, seeds: _oracle_images(specs, blank=blank)
@@ -172,8 +172,10 @@ def test_geneval_scores_ground_truth_renders_high_and_blank_images_zero(tmp_path
     assert GENEVAL_KEYS <= set(scores)
     if blank:
         assert scores["val/shapes_geneval/overall"] == 0.0
+        assert scores["val/shapes_geneval/empty"] == 1.0
     else:
         assert scores["val/shapes_geneval/overall"] >= 0.98
+        assert scores["val/shapes_geneval/empty"] == 0.0
 
 
 def test_geneval_resizes_before_detection(tmp_path, monkeypatch):
