@@ -90,7 +90,8 @@ class ShapesGenEvalCallback(Callback):
             pl_module.log(f"{PREFIX}/{name}", value, sync_dist=True)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """``{task: accuracy, ..., "overall": mean}`` over the whole prompt set, on every rank."""
+        """``{task: accuracy, ..., "overall": mean, "empty": share of empty images}`` over the whole
+        prompt set, on every rank."""
         share = rank_share(len(self.specs), trainer.global_rank, trainer.world_size)
         mine = [max(i, 0) for i in share]  # padding entries redo spec 0 and are dropped on gather
         specs = [self.specs[i] for i in mine]
