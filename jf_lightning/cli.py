@@ -10,8 +10,8 @@
 - MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
   config saved beside the checkpoints and logged to the run (file artifact + flattened params);
 - always-on callbacks: ``checkpoint`` (ModelCheckpoint, last.ckpt), ``ema`` (decay 0.99), a
-  learning-rate monitor and a phase timer; and one closing line saying where the run and the
-  checkpoint are and where the time went.
+  learning-rate monitor and a phase timer; a progress bar labelled by the step budget; and one
+  closing line saying where the run and the checkpoint are and where the time went.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.phase_timer import PhaseTimer, format_seconds
+from jf_lightning.callbacks.progress import relabel_default_progress_bar
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.models.siglip_pretraining import SiglipPretrainingConfig, pretrain_siglip
@@ -141,6 +142,7 @@ class JanusFlowCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # `logger: false`: LearningRateMonitor would refuse to start
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+        relabel_default_progress_bar(trainer)
         return trainer
 
     def before_fit(self) -> None:

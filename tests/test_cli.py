@@ -93,3 +93,13 @@ def test_runs_without_a_logger_drop_the_learning_rate_monitor():
     cli = JanusFlowCLI(args=["-c", str(TINY), "--trainer.logger=false"], run=False)
     assert not cli.trainer.loggers
     assert not any(type(cb).__name__ == "LearningRateMonitor" for cb in cli.trainer.callbacks)
+
+
+def test_progress_bar_names_the_step_budget_not_epoch_minus_two():
+    cli = JanusFlowCLI(args=["-c", str(TINY), "--trainer.logger=false", "--trainer.max_steps=40"], run=False)
+    bar = cli.trainer.progress_bar_callback
+    bar.setup(cli.trainer, cli.model, "fit")
+    cli.trainer.fit_loop.max_epochs = -1  # what fit sets for a run bounded by max_steps alone
+    assert bar._get_train_description(0).strip() == "Training (40 steps)"
+    cli.trainer.fit_loop.max_epochs = 3
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"  # epoch-bounded runs keep Lightning's label
