@@ -6,7 +6,7 @@ for the six tasks, ``val/shapes_geneval/overall``, their mean (GenEval's "averag
 ``val/shapes_geneval/empty``: the share of images, over all tasks, in which the detector found no object.
 Why the last: on the demo's generator, an empty canvas (the object fades away within the first few
 sampler steps) was 19 of the 28 failures on colour prompts; it is a sampler-path failure that no task
-score names (experiments/tiny.yaml).
+score names (experiments/tiny.md).
 """
 
 from __future__ import annotations
