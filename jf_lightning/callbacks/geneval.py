@@ -3,10 +3,12 @@
 One image per GenEval-format spec of the shapes world (``geneval_eval_specs``: a fixed prompt set with
 its own random stream), scored by a detector and GenEval's rules. Logged: ``val/shapes_geneval/<task>``
 for the six tasks, ``val/shapes_geneval/overall``, their mean (GenEval's "average over tasks"), and
-``val/shapes_geneval/empty``: the share of images, over all tasks, in which the detector found no object.
-Why the last: on the demo's generator, an empty canvas (the object fades away within the first few
-sampler steps) was 19 of the 28 failures on colour prompts; it is a sampler-path failure that no task
-score names (experiments/tiny.md).
+``val/shapes_geneval/empty``: the share of images, over all tasks, in which the detector found no object,
+and ``val/shapes_geneval/count_bias``: the mean over all images of (objects detected - objects the prompt
+asks for). Why these two: on the demo's generator, an empty canvas (the object fades away within the
+first few sampler steps) was 19 of the 28 failures on colour prompts, and every change that cured it
+(training nearer the noise end, a lower noise temperature) drew fewer objects everywhere, failing the
+two-object prompts instead; no task score names either (experiments/tiny.md).
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ class ShapesGenEvalCallback(Callback):
             pl_module.log(f"{PREFIX}/{name}", value, sync_dist=True)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """``{task: accuracy, ..., "overall": mean, "empty": share of empty images}`` over the whole
-        prompt set, on every rank."""
+        """``{task: accuracy, ..., "overall": mean, "empty": share of empty images, "count_bias": mean
+        objects detected minus asked}`` over the whole prompt set, on every rank."""
         share = rank_share(len(self.specs), trainer.global_rank, trainer.world_size)
         mine = [max(i, 0) for i in share]  # padding entries redo spec 0 and are dropped on gather
         specs = [self.specs[i] for i in mine]
@@ -101,10 +103,13 @@ class ShapesGenEvalCallback(Callback):
         # uint8, not bool: every backend (NCCL included) all-gathers it
         outcomes = torch.tensor(
             [self.outcome(img, spec) for img, spec in zip(images, specs, strict=True)], dtype=torch.uint8
-        )  # (k, 2): correct, empty
-        outcomes = gather_rows(trainer, share, outcomes, len(self.specs))  # (N, 2) 0/1, spec order
+        )  # (k, 2): correct, objects detected
+        outcomes = gather_rows(trainer, share, outcomes, len(self.specs))  # (N, 2), spec order
         scores = summarize((spec["tag"], bool(ok)) for spec, ok in zip(self.specs, outcomes[:, 0]))
-        return {**scores, "empty": outcomes[:, 1].float().mean().item()}
+        detected = outcomes[:, 1].float()  # (N,)
+        asked = torch.tensor([objects_asked(spec) for spec in self.specs], dtype=torch.float32)  # (N,)
+        return {**scores, "empty": (detected == 0).float().mean().item(),
+                "count_bias": (detected - asked).mean().item()}  # fmt: skip
 
     def generate(
         self,
@@ -121,7 +126,12 @@ class ShapesGenEvalCallback(Callback):
             self.temperature,
         )
 
-    def outcome(self, image: torch.Tensor, spec: Mapping[str, Any]) -> tuple[bool, bool]:
-        """(3, H, W) uint8 -> (does it satisfy the spec under GenEval's rules, is it empty: no detection)."""
+    def outcome(self, image: torch.Tensor, spec: Mapping[str, Any]) -> tuple[bool, int]:
+        """(3, H, W) uint8 -> (does it satisfy the spec under GenEval's rules, objects detected (at most 255))."""
         detections = self.detector.detect(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
-        return evaluate_image(detections, spec, self.options)[0], not detections
+        return evaluate_image(detections, spec, self.options)[0], min(len(detections), 255)
+
+
+def objects_asked(spec: Mapping[str, Any]) -> int:
+    """How many objects a GenEval spec's prompt asks for: the sum of its ``include`` counts."""
+    return sum(int(req["count"]) for req in spec.get("include", []))

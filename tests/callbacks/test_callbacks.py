@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from jf_lightning.callbacks.ema import EMA, averaged_weights
-from jf_lightning.callbacks.geneval import ShapesGenEvalCallback
+from jf_lightning.callbacks.geneval import ShapesGenEvalCallback, objects_asked
 from jf_lightning.callbacks.sample_grid import (
     SampleGridCallback,
     evaluation_mode,
@@ -170,12 +170,15 @@ def test_geneval_scores_ground_truth_renders_high_and_blank_images_zero_and_empt
     )
     scores = _validate(tmp_path, callback)
     assert GENEVAL_KEYS <= set(scores)
+    asked = [objects_asked(spec) for spec in callback.specs]
     if blank:
         assert scores["val/shapes_geneval/overall"] == 0.0
         assert scores["val/shapes_geneval/empty"] == 1.0
+        assert scores["val/shapes_geneval/count_bias"] == pytest.approx(-sum(asked) / len(asked))
     else:
         assert scores["val/shapes_geneval/overall"] >= 0.98
         assert scores["val/shapes_geneval/empty"] == 0.0
+        assert abs(scores["val/shapes_geneval/count_bias"]) < 0.05  # renders hold what was asked
 
 
 def test_geneval_resizes_before_detection(tmp_path, monkeypatch):
