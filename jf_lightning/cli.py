@@ -9,8 +9,8 @@
   (``models/siglip_pretraining.py``); the model loads it through ``siglip.source``;
 - MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
   config saved beside the checkpoints and logged to the run (file artifact + flattened params);
-- always-on callbacks: ``checkpoint`` (ModelCheckpoint, last.ckpt), ``ema`` (decay 0.99), a
-  learning-rate monitor and a phase timer; a progress bar labelled by the step budget; and one
+- always-on callbacks: ``checkpoint`` (ModelCheckpoint; its last.ckpt holds the final step), ``ema``
+  (decay 0.99), a learning-rate monitor and a phase timer; a progress bar labelled by the step budget; and one
   closing line saying where the run and the checkpoint are and where the time went.
 """
 
@@ -24,10 +24,11 @@ from typing import Any
 
 import yaml
 from lightning.fabric.utilities.logger import _flatten_dict
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
+from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.phase_timer import PhaseTimer, format_seconds
 from jf_lightning.callbacks.progress import relabel_default_progress_bar
@@ -103,7 +104,7 @@ class JanusFlowCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_argument(

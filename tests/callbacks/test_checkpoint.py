@@ -1,0 +1,48 @@
+"""FinalStepCheckpoint: last.ckpt holds the step training stopped at, not the last periodic save."""
+
+from __future__ import annotations
+
+import itertools
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
+from jf_lightning.callbacks.ema import EMA
+
+
+class EndlessStream(IterableDataset):
+    """Like the data module's streams: no epoch ever ends on its own."""
+
+    def __iter__(self):
+        return (torch.ones(2) for _ in itertools.count())
+
+
+class Linear(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("max_steps", [5, 6])
+def test_last_checkpoint_holds_the_final_step_with_the_ema_state(tmp_path, max_steps):
+    checkpoint = FinalStepCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_last=True, save_top_k=0)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=max_steps, callbacks=[checkpoint, EMA(decay=0.9)], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    module = Linear()
+    trainer.fit(module, train_dataloaders=DataLoader(EndlessStream(), batch_size=4))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == max_steps  # Lightning alone leaves step 3 here when max_steps is 5
+    assert "current_model_state" in saved  # the live weights beside the averaged ones, as mid-run
+    live = saved["current_model_state"]["layer.weight"]
+    assert not torch.equal(live, saved["state_dict"]["layer.weight"])  # saved before train end merged them
