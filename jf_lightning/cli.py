@@ -10,8 +10,8 @@
 - MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
   config saved beside the checkpoints and logged to the run (file artifact + flattened params);
 - always-on callbacks: ``checkpoint`` (ModelCheckpoint; its last.ckpt holds the final step), ``ema``
-  (decay 0.99), a learning-rate monitor and a phase timer; a progress bar labelled by the step budget; and one
-  closing line saying where the run and the checkpoint are and where the time went.
+  (decay 0.99), a learning-rate monitor and a phase timer; a progress bar labelled by the step
+  budget; and one closing line saying where the run and the checkpoint are and where the time went.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ its own random stream), scored by a detector and GenEval's rules. Logged: ``val/
 for the six tasks, ``val/shapes_geneval/overall``, their mean (GenEval's "average over tasks"), and
 ``val/shapes_geneval/empty``: the share of images, over all tasks, in which the detector found no object,
 and ``val/shapes_geneval/count_bias``: the mean over all images of (objects detected - objects the prompt
-asks for). Why these two: on the demo's generator, an empty canvas (the object fades away within the
-first few sampler steps) was 19 of the 28 failures on colour prompts, and every change that cured it
-(training nearer the noise end, a lower noise temperature) drew fewer objects everywhere, failing the
-two-object prompts instead; no task score names either (experiments/tiny.md).
+asks for). Why these two: on the demo's generator an empty canvas (the object fades away within the
+first few sampler steps) was 19 of the 28 failures on colour prompts, and it draws about one object
+more or fewer than a prompt asks for, of which the empties are the low tail; no task score names
+either (experiments/tiny.md).
 """
 
 from __future__ import annotations
