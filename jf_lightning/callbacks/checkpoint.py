@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class FinalStepCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, plus one save of ``last`` when a training epoch ends unsaved.
+    """Lightning's ModelCheckpoint, plus one save of ``last`` when ``max_steps`` ends training unsaved.
 
     Lightning writes ``last`` only beside a periodic save (and at train end only if it never wrote one),
     so on an endless stream whose ``max_steps`` is not a multiple of ``every_n_train_steps`` the run
@@ -18,6 +18,9 @@ class FinalStepCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
+        # Only where max_steps stops the run: at any other epoch end this save would mark the step as
+        # saved and could pre-empt a top-k save that Lightning makes after it.
+        stopped_by_steps = 0 < trainer.max_steps <= trainer.global_step
         # skipped when this step is already saved, while sanity checking, and outside fit
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        if self.save_last and stopped_by_steps and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -46,3 +46,14 @@ def test_last_checkpoint_holds_the_final_step_with_the_ema_state(tmp_path, max_s
     assert "current_model_state" in saved  # the live weights beside the averaged ones, as mid-run
     live = saved["current_model_state"]["layer.weight"]
     assert not torch.equal(live, saved["state_dict"]["layer.weight"])  # saved before train end merged them
+
+
+def test_epoch_bounded_runs_keep_lightnings_saves(tmp_path):
+    checkpoint = FinalStepCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_last=True, save_top_k=-1)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=2, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(Linear(), train_dataloaders=DataLoader(torch.ones(6, 2), batch_size=3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 4
