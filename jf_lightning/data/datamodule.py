@@ -156,7 +156,8 @@ class JanusFlowDataModule(LightningDataModule):
             num_und_tokens: Understanding-encoder tokens per image (576 = (384 / 16)^2).
             num_gen_tokens: Latent tokens per generated image (576 = 48^2 latent / 2x2 patches).
             ratio_schedule: ``[[start_step, [und, gen, text]], ...]`` in optimizer steps, first at 0.
-                Validation uses the first ratio, restricted to the kinds ``val_sources`` provide.
+                Validation uses the last ratio (the mix the run settles into), restricted to the
+                kinds ``val_sources`` provide.
             batch_size: Samples per batch (per rank and micro-batch), packed into a varying row count.
             seq_len: Tokens per packed row.
             prompt_drop_prob: Chance that a generation prompt is dropped (classifier-free guidance).
@@ -260,10 +261,13 @@ class JanusFlowDataModule(LightningDataModule):
             return []
         if self._val is None:
             self.setup("validate")
-        ratio = [r if kind in self._val else 0 for kind, r in zip(KINDS, self.schedule.ratios[0])]
+        # The last ratio: with a warm-up mix first, validation losses then weigh the kinds as most of
+        # training does, and compare with a run that trains at that mix throughout.
+        ratio = [r if kind in self._val else 0 for kind, r in zip(KINDS, self.schedule.ratios[-1])]
         if sum(ratio) == 0:
             raise ValueError(
-                f"val_sources provide {sorted(self._val)} but the first ratio draws none of them"
+                f"val_sources provide {sorted(self._val)} but data.ratio_schedule's last ratio draws "
+                "none of them: add a val source of a kind it draws"
             )
         rank, world, _ = self._dist()
         # Ranks split the val_batches between them (setup checked that they split evenly).

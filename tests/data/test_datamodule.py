@@ -98,6 +98,12 @@ def test_validation_is_finite_and_the_same_for_any_worker_count(tiny_shards, tok
     assert all(kinds_of(b)["text"] == 0 for b in v0)  # no text val source: the ratio drops it
 
 
+def test_validation_draws_the_schedules_last_ratio(tiny_shards, tokenizer_dir):
+    schedule = [(0, (100, 0, 0)), (5, (0, 100, 0))]  # und-only warm-up, then generation only
+    val = list(make_dm(tiny_shards, tokenizer_dir, ratio_schedule=schedule).val_dataloader())
+    assert all(kinds_of(b) == Counter(und=0, gen=5, text=0) for b in val)
+
+
 def test_val_batches_that_ranks_cannot_share_evenly_are_refused(tiny_shards, tokenizer_dir):
     # unequal shares would leave one DDP rank waiting in a collective forever: refuse, naming the fix
     dm = make_dm(tiny_shards, tokenizer_dir, val_batches=3)
