@@ -23,6 +23,18 @@ def _channels_last_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` on a channels-last copy of ``x`` (N, C, H, W); the result is channels-last too. On CPU
+    under autocast it runs in fp32: oneDNN's bf16 depthwise 7x7 is slower than its fp32 one, whose
+    forward + backward in channels-last took 0.8x the time in two decoder blocks (benchmarks/train_step.py
+    shows the whole step)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float())
+    return conv(x)
+
+
 class ConvNeXtBlock(nn.Module):
     """Depthwise 7x7 conv, RMSNorm, linear x4, GELU, GRN, linear, residual, then x*(1+scale)+shift
     from the time embedding (the release's order: the modulation comes after the residual)."""
@@ -40,10 +52,10 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         # x: (N, C, H, W); cond: (N, cond_dim)
-        # contiguous: on CPU under bf16 autocast, a linear over a permuted 4-D input whose weight needs
-        # no grad (the EMA copy, a frozen codec) becomes a batched matmul that copies the weight once
-        # per image row; bf16 sampling ran ~2x slower than fp32 (benchmarks/sampling.py)
-        h = self.depthwise(x).permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
+        # A channels-last map permutes to a contiguous (N, H, W, C) for free. Contiguity matters: on CPU
+        # under bf16 autocast, a linear over a permuted input whose weight needs no grad (the EMA copy)
+        # becomes a batched matmul that copies the weight per image row (benchmarks/sampling.py).
+        h = depthwise_conv(self.depthwise, x).permute(0, 2, 3, 1)  # (N, H, W, C)
         h = self.channelwise_linear_1(self.norm(h))  # (N, H, W, 4C)
         h = self.channelwise_norm(self.channelwise_act(h))
         h = self.channelwise_linear_2(h).permute(0, 3, 1, 2)  # (N, C, H, W)

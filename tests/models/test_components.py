@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from jf_lightning.models.config import VAEConfig, tiny
-from jf_lightning.models.gen_codec import GenerationDecoder, GenerationEncoder
+from jf_lightning.models.gen_codec import ConvNeXtBlock, GenerationDecoder, GenerationEncoder, depthwise_conv
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
 from jf_lightning.models.llm import build_llm
 from jf_lightning.models.und_encoder import build_siglip, save_siglip
@@ -25,6 +25,26 @@ def test_generation_codec_shapes():
     assert skip.shape == (3, 32, 8, 8) and t_emb.shape == (3, 64)
     v = dec(torch.randn(3, 32, 8, 8), skip, t_emb)
     assert v.shape == z.shape and v.dtype == torch.float32
+
+
+def test_depthwise_conv_runs_in_fp32_under_cpu_autocast():
+    # oneDNN's bf16 depthwise kernel is the slow one on CPU: under autocast the conv stays in fp32
+    conv = torch.nn.Conv2d(8, 8, kernel_size=7, padding=3, groups=8)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = depthwise_conv(conv, x)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, conv(x))
+
+
+def test_convnext_block_under_autocast_matches_fp32_with_frozen_weights():
+    # as sampling runs it: the EMA copy's weights need no grad; bf16 autocast agrees with fp32
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(16, 8, 1e-6).eval().requires_grad_(False)
+    x, cond = torch.randn(3, 16, 8, 8), torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = block(x, cond)
+    torch.testing.assert_close(low.float(), block(x, cond), atol=0.1, rtol=0.05)
 
 
 def test_pixel_shuffle_codec_is_exactly_invertible():
