@@ -6,8 +6,9 @@ bf16 autocast, with frozen weights as the EMA copy has them; and the ConvNeXt-bl
 On CPU, ``F.linear`` over a permuted (non-contiguous) 4-D input, with a weight that needs no grad,
 runs under bf16 autocast as a batched matmul that first copies the weight once per image row. The
 generation codec's ConvNeXt block used to feed its first linear that way, and bf16 sampling was ~2x
-slower than fp32 (the demo's validation: 1 min 29 s). The block now makes the input contiguous; the
-second part prints both layouts of one block so the pitfall stays measurable.
+slower than fp32 (the demo's validation: 1 min 29 s). The block now convolves a channels-last map,
+whose permute is contiguous; the second part prints both layouts of one linear so the pitfall stays
+measurable.
 """
 
 from __future__ import annotations
