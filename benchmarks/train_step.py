@@ -46,11 +46,14 @@ def shapes_batches(root: Path, mix: tuple[float, float, float], n: int) -> list:
     return list(itertools.islice(iter(dm.train_dataloader()), n))
 
 
-def mean_step_seconds(batches: list, bf16: bool, warmup: int = 3) -> float:
-    """A fresh tiny stage (tiny.yaml's loss weights) trained on ``batches``; the first ``warmup`` untimed."""
+def mean_step_seconds(batches: list, bf16: bool, warmup: int = 3, attn_implementation: str | None = None) -> float:
+    """A fresh tiny stage (tiny.yaml's loss weights) trained on ``batches``; the first ``warmup`` untimed.
+    ``attn_implementation`` swaps the LLM's attention (a transformers name such as "sdpa")."""
     torch.manual_seed(0)
     stage = PretrainingStage(preset="tiny", lr=2e-3, rf_weight=60.0, repa_weight=60.0)
     stage.configure_model()
+    if attn_implementation is not None:
+        stage.model.language_model.set_attn_implementation(attn_implementation)
     stage.train()
     optimizer = torch.optim.AdamW([p for p in stage.parameters() if p.requires_grad], lr=2e-3, betas=(0.9, 0.95))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
