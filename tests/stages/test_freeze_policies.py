@@ -97,6 +97,19 @@ def test_warmup_is_linear_then_constant():
 
 
 
+def test_under_bf16_the_fused_optimizer_still_has_its_gradients_clipped():
+    # Lightning's MixedPrecision refuses to clip for fused optimizers (an fp16 GradScaler concern)
+    module = built(STAGES["sft"])
+    module.trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) == pytest.approx(1.0, rel=1e-4)
+
+
 def test_lr_scales_give_each_part_group_its_own_lr_through_the_warmup():
     module = built(STAGES["sft"], lr=1e-3, warmup_steps=2, lr_scales={"adapters": 3.0})
     opt = module.configure_optimizers()
