@@ -35,6 +35,23 @@ def depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv(x)
 
 
+class ResponseNorm(GlobalResponseNorm):
+    """timm's GlobalResponseNorm (same parameters, same result up to rounding) on a channels-last map,
+    with its statistics in fp32 while the (N, H, W, C) map keeps its dtype.
+
+    Under CPU bf16 autocast timm's version casts the whole map to fp32 for the norm, multiplies and adds
+    in fp32, and hands the next linear an fp32 map to cast back. Here only the (N, 1, 1, C) statistics
+    are fp32, and x + b + w * x * x_n is one addcmul: x * (1 + w * x_n) + b.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x_g = x.float().square().sum(dim=self.spatial_dim, keepdim=True).sqrt()  # (N, 1, 1, C)
+            x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
+            scale = 1 + self.weight.view(self.wb_shape) * x_n  # (N, 1, 1, C)
+            return torch.addcmul(self.bias.view(self.wb_shape).to(x.dtype), x, scale.to(x.dtype))
+
+
 class ConvNeXtBlock(nn.Module):
     """Depthwise 7x7 conv, RMSNorm, linear x4, GELU, GRN, linear, residual, then x*(1+scale)+shift
     from the time embedding (the release's order: the modulation comes after the residual)."""
@@ -46,7 +63,7 @@ class ConvNeXtBlock(nn.Module):
         self.norm = LlamaRMSNorm(channels, eps)
         self.channelwise_linear_1 = nn.Linear(channels, hidden)
         self.channelwise_act = nn.GELU()
-        self.channelwise_norm = GlobalResponseNorm(hidden, eps=1e-6, channels_last=True)
+        self.channelwise_norm = ResponseNorm(hidden, eps=1e-6, channels_last=True)
         self.channelwise_linear_2 = nn.Linear(hidden, channels)
         self.cond_embeds_mapper = nn.Linear(cond_dim, channels * 2)
 

@@ -4,10 +4,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+from timm.layers.grn import GlobalResponseNorm
 from transformers import AutoModelForCausalLM
 
 from jf_lightning.models.config import VAEConfig, tiny
-from jf_lightning.models.gen_codec import ConvNeXtBlock, GenerationDecoder, GenerationEncoder, depthwise_conv
+from jf_lightning.models.gen_codec import (
+    ConvNeXtBlock,
+    GenerationDecoder,
+    GenerationEncoder,
+    ResponseNorm,
+    depthwise_conv,
+)
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
 from jf_lightning.models.llm import build_llm
 from jf_lightning.models.und_encoder import build_siglip, save_siglip
@@ -45,6 +52,21 @@ def test_convnext_block_under_autocast_matches_fp32_with_frozen_weights():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = block(x, cond)
     torch.testing.assert_close(low.float(), block(x, cond), atol=0.1, rtol=0.05)
+
+
+def test_response_norm_is_timms_grn_and_keeps_bf16_maps_in_bf16():
+    torch.manual_seed(0)
+    ours = ResponseNorm(32, eps=1e-6, channels_last=True)
+    torch.nn.init.normal_(ours.weight, std=0.5)
+    torch.nn.init.normal_(ours.bias, std=0.5)
+    timms = GlobalResponseNorm(32, eps=1e-6, channels_last=True)
+    timms.load_state_dict(ours.state_dict())  # same parameters, so released weights load alike
+    x = torch.randn(2, 4, 4, 32)  # (N, H, W, C)
+    torch.testing.assert_close(ours(x), timms(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = ours(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), timms(x.bfloat16().float()), atol=0.05, rtol=0.02)
 
 
 def test_pixel_shuffle_codec_is_exactly_invertible():
