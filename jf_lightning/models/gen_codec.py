@@ -46,7 +46,9 @@ class ResponseNorm(GlobalResponseNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            x_g = x.float().square().sum(dim=self.spatial_dim, keepdim=True).sqrt()  # (N, 1, 1, C)
+            # vector_norm accumulates in fp32 without an fp32 copy of x, and its backward is safe at a
+            # zero norm (a channel GELU zeroes everywhere), where sqrt(sum(x^2)) gives NaN gradients.
+            x_g = torch.linalg.vector_norm(x, dim=self.spatial_dim, keepdim=True, dtype=torch.float32)  # (N, 1, 1, C)
             x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
             scale = 1 + self.weight.view(self.wb_shape) * x_n  # (N, 1, 1, C)
             return torch.addcmul(self.bias.view(self.wb_shape).to(x.dtype), x, scale.to(x.dtype))

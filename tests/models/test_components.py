@@ -69,6 +69,20 @@ def test_response_norm_is_timms_grn_and_keeps_bf16_maps_in_bf16():
     torch.testing.assert_close(low.float(), timms(x.bfloat16().float()), atol=0.05, rtol=0.02)
 
 
+def test_response_norm_gradient_is_finite_where_a_channel_is_zero_everywhere():
+    # GELU can zero a channel over the whole map: a sqrt(sum(x^2)) norm then has an infinite gradient
+    # (a demo run went NaN at step 459 that way)
+    norm = ResponseNorm(8, eps=1e-6, channels_last=True)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 3, 3, 8)
+    x[..., 0] = 0.0
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x.bfloat16())
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(norm.weight.grad).all()
+
+
 def test_pixel_shuffle_codec_is_exactly_invertible():
     codec = PixelShuffleCodec(factor=4, scale=2.0)  # a power of two keeps it bit-exact
     x = torch.rand(2, 3, 32, 32) * 2 - 1
