@@ -3,7 +3,7 @@
 On CPU under bf16 (or fp16), SDPA with an explicit mask runs a flash kernel that is slow on the packed
 rows this project trains on: short rows (256 tokens), 32-dim heads and a block-causal mask. Forward +
 backward over five such rows took ~10 ms a layer, against ~4 ms for the plain matmul-softmax-matmul
-below, and a tiny.yaml training step 17% less (one thread; ``python -m benchmarks.attention`` prints
+below, and a tiny.yaml training step 15-20% less (one thread; ``python -m benchmarks.attention`` prints
 them). Everywhere else SDPA's own kernels are the right ones, so this delegates: on GPU, in fp32 (where
 the flash kernel is the faster one), and without a mask (transformers then asks for ``is_causal``).
 
