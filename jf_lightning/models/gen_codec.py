@@ -46,8 +46,8 @@ class ResponseNorm(GlobalResponseNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            # vector_norm accumulates in fp32 without an fp32 copy of x, and its backward is safe at a
-            # zero norm (a channel GELU zeroes everywhere), where sqrt(sum(x^2)) gives NaN gradients.
+            # vector_norm in fp32 (it casts x for the reduction only); its backward is safe at a zero norm
+            # (a channel GELU zeroes everywhere), where sqrt(sum(x^2)) gives NaN gradients.
             x_g = torch.linalg.vector_norm(x, dim=self.spatial_dim, keepdim=True, dtype=torch.float32)  # (N, 1, 1, C)
             x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
             scale = 1 + self.weight.view(self.wb_shape) * x_n  # (N, 1, 1, C)
