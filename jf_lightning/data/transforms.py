@@ -17,9 +17,13 @@ PAD_GREY = 127
 its mean colour, which normalises to (almost) 0."""
 
 
+def unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 3, S, S) -> float in [-1, 1], the mean-0.5 / std-0.5 normalisation."""
+    return pixels.float() / 127.5 - 1.0
+
+
 def _to_unit_range(image: Image.Image) -> torch.Tensor:
-    pixels = F.pil_to_tensor(image)  # (3, S, S) uint8
-    return pixels.float() / 127.5 - 1.0  # (3, S, S) in [-1, 1], the mean-0.5 / std-0.5 normalisation
+    return unit_range(F.pil_to_tensor(image))  # (3, S, S)
 
 
 def und_transform(image: Image.Image, image_size: int) -> torch.Tensor:
@@ -27,6 +31,11 @@ def und_transform(image: Image.Image, image_size: int) -> torch.Tensor:
 
     Returns (3, image_size, image_size) float in [-1, 1].
     """
+    return _to_unit_range(und_resize_and_pad(image, image_size))
+
+
+def und_resize_and_pad(image: Image.Image, image_size: int) -> Image.Image:
+    """``und_transform``'s geometry alone: the RGB square it normalises."""
     image = image.convert("RGB")
     width, height = image.size
     scale = image_size / max(width, height)
@@ -35,8 +44,7 @@ def und_transform(image: Image.Image, image_size: int) -> torch.Tensor:
     # Centre the picture like the release's expand2square: offset (S - side) // 2 on the short axis.
     left, top = (image_size - new_w) // 2, (image_size - new_h) // 2
     padding = [left, top, image_size - new_w - left, image_size - new_h - top]
-    image = F.pad(image, padding, fill=PAD_GREY)
-    return _to_unit_range(image)
+    return F.pad(image, padding, fill=PAD_GREY)
 
 
 def gen_transform(image: Image.Image, image_size: int, generator: torch.Generator) -> torch.Tensor:

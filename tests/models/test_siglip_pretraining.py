@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from jf_lightning.data.shapes_shards import write_shapes_world
+from jf_lightning.data.sources import SourceConfig, decode, iter_members
+from jf_lightning.data.transforms import und_transform
 from jf_lightning.models.config import preset
 from jf_lightning.models.siglip_pretraining import (
     RECORD,
     SiglipPretrainingConfig,
+    _PairTable,
     main,
     pretrain_siglip,
     sigmoid_loss,
@@ -40,6 +43,26 @@ def test_sigmoid_loss_rewards_matching_pairs_and_skips_repeated_captions():
     both[0, 2] = both[2, 0] = 8.0
     assert sigmoid_loss(both, repeated) == pytest.approx(sigmoid_loss(matched, repeated).item())
     assert sigmoid_loss(both, ids) > sigmoid_loss(matched, ids) + 5  # two confident mistakes over 3 rows
+
+
+def test_pair_table_holds_every_pair_as_the_stream_decodes_it(world):
+    table = _PairTable(world, preset("tiny").siglip, max_text_len=48, seed=0, patch_labels=True)
+    urls = SourceConfig(urls=str(world / "gen" / "train-*.tar"), kind="gen").resolved().urls
+    raws = [decode(sample, "gen") for url in urls for sample in iter_members(url, "gen")]
+    assert len(table.pixels) == len(raws) == 96
+    for i in (0, 47, 95):
+        assert torch.equal(table.pixels[i].float() / 127.5 - 1, und_transform(raws[i].image, 32))
+        ids = table.tokenizer(raws[i].text, add_special_tokens=False).input_ids
+        assert table.ids[i, : len(ids)].tolist() == ids  # then padding, to the longest caption only
+    longest = max(len(table.tokenizer(r.text, add_special_tokens=False).input_ids) for r in raws)
+    assert table.ids.shape == (96, longest) and longest < 48
+    # one epoch (96 pairs in batches of 40) draws each pair once, in a seeded order
+    drawn = torch.cat([table._indices(40), table._indices(40), table._indices(16)])
+    assert sorted(drawn.tolist()) == list(range(96))
+    again = _PairTable(world, preset("tiny").siglip, max_text_len=48, seed=0, patch_labels=False)
+    assert torch.equal(again._indices(96), drawn) and again.labels is None
+    pixels, ids, labels = table.next(8)
+    assert pixels.shape == (8, 3, 32, 32) and ids.shape == (8, longest) and labels.shape == (8, 64)
 
 
 def test_pretraining_learns_and_saves_a_loadable_siglip(world, tmp_path):
