@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from jf_lightning.data import shapes_world as W
+from jf_lightning.data import shapes_shards
 from jf_lightning.data.shapes_shards import FORMAT_VERSION, write_shapes_world
 
 PARAMS = {"seed": 3, "train_samples": 7, "val_samples": 4, "image_size": 32, "samples_per_shard": 3}
@@ -105,6 +106,22 @@ def test_tokenizer_is_saved(world_dir):
     assert len(tok) == manifest["vocab_size"] < 512
     for s in _read(world_dir, manifest["shards"]["text"]["val"]):
         assert tok.unk_token_id not in tok(s["txt"].decode("utf-8"))["input_ids"]
+
+
+def test_worker_processes_write_the_same_bytes(world_dir, tmp_path, monkeypatch):
+    pools = []
+
+    class SpyPool(shapes_shards.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(shapes_shards, "PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setattr(shapes_shards.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(shapes_shards, "ProcessPoolExecutor", SpyPool)
+    write_shapes_world(tmp_path / "parallel", **PARAMS)
+    assert pools == [(2,)]  # two worker processes wrote the shards
+    assert _digest(tmp_path / "parallel") == _digest(world_dir)
 
 
 def test_deterministic_and_val_differs(world_dir, tmp_path):
