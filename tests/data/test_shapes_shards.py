@@ -11,8 +11,8 @@ import webdataset as wds
 from PIL import Image
 from transformers import AutoTokenizer
 
-from jf_lightning.data import shapes_world as W
 from jf_lightning.data import shapes_shards
+from jf_lightning.data import shapes_world as W
 from jf_lightning.data.shapes_shards import FORMAT_VERSION, write_shapes_world
 
 PARAMS = {"seed": 3, "train_samples": 7, "val_samples": 4, "image_size": 32, "samples_per_shard": 3}
