@@ -223,6 +223,11 @@ def _resample(urls: list[str], rng: random.Random) -> Iterator[str]:
         yield rng.choice(urls)
 
 
+def source_shard_rng(seed_key: str, kind: Kind, source_index: int) -> random.Random:
+    """The RNG that draws the shards of one source of a ``ResampledStream``."""
+    return random.Random(f"{seed_key}/{kind}/{source_index}")  # str seeds hash the same everywhere
+
+
 class ResampledStream:
     """Infinite training stream of one kind, mixing its sources by weight.
 
@@ -237,7 +242,7 @@ class ResampledStream:
         self._iters = []
         for i, src in enumerate(sources):
             urls = list(src.urls)  # already resolved
-            shard_rng = random.Random(f"{seed_key}/{self.kind}/{i}")  # str seeds hash the same everywhere
+            shard_rng = source_shard_rng(seed_key, self.kind, i)
             self._iters.append(_cycle_shards(urls, self.kind, _resample(urls, shard_rng)))
         weights = np.array([s.weight for s in sources], dtype=np.float64)
         self._p = weights / weights.sum()

@@ -23,10 +23,13 @@ object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
+import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
 
 from jf_lightning.data import shapes_world
 from jf_lightning.data.shapes_shards import read_manifest
-from jf_lightning.data.sources import RawSample, SourceConfig, decode, iter_members
+from jf_lightning.data.sources import RawSample, SourceConfig, decode, iter_members, source_shard_rng
 from jf_lightning.data.transforms import und_resize_and_pad, unit_range
 from jf_lightning.generated_dirs import check_output_dir, write_output_dir
 from jf_lightning.models.config import SiglipConfig, preset
@@ -64,8 +67,9 @@ class SiglipPretrainingConfig:
     warmup_steps: int = 50
     seed: int = 0
     max_text_len: int = 48
-    """Captions are cut to this many tokens, and padded to the world's longest caption (the text tower
-    pools the last position, as SigLIP's)."""
+    """Captions are cut or padded to this many tokens (the text tower pools the last position, as SigLIP's).
+    A demo whose SigLIP padded to the longest caption (30) instead of 48 answered colour questions at
+    0.64 (experiments/tiny.md, session 18; 32: 0.72 in session 15), so 48 it stays."""
     dense_weight: float = 0.0
     """Weight of a per-patch loss: a linear head on each patch feature names the (shape, colour) of the
     object under it (``shapes_world.patch_labels``, read from the scene in each generation sample's
@@ -131,40 +135,43 @@ def world_manifest(world: Path) -> dict[str, Any]:
 
 class _PairTable:
     """Every (image, caption, patch labels) pair of the world's generation shards, read once and held in
-    memory, and batches drawn from it in seeded random order (an epoch is one permutation).
+    memory, served in the order a ``ResampledStream`` reads them (shards drawn with replacement, each
+    read through), so the batches are the ones streaming gave, to the bit.
 
-    Streaming the shards instead re-read each tar member for each of the ~6 times a pair is drawn (1,000
-    steps x 128 of 20,000 pairs): a quarter of a pretraining step went to Python's tarfile. A 32 px
-    world costs 3 KB a pair (uint8 pixels), 61 MB for tiny.yaml's 20,000.
+    Streaming re-read each tar member for each of the ~6 times a pair is drawn (1,000 steps x 128 of
+    20,000 pairs): a sixth of a pretraining step went to Python's tarfile. A 32 px world costs 3 KB a
+    pair (uint8 pixels), 61 MB for tiny.yaml's 20,000.
     """
 
     def __init__(self, world: Path, siglip: SiglipConfig, max_text_len: int, seed: int, patch_labels: bool):
         manifest = world_manifest(world)
-        urls = [str(world / p) for p in manifest["shards"]["gen"]["train"]]
+        urls = SourceConfig(urls=[str(world / p) for p in manifest["shards"]["gen"]["train"]], kind="gen").resolved().urls
         self.tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
         self.image_size, self.grid = siglip.image_size, siglip.image_size // siglip.patch_size
-        source = SourceConfig(urls=urls, kind="gen").resolved()
-        raws = [decode(sample, "gen") for url in source.urls for sample in iter_members(url, "gen")]
+        shards = [[decode(sample, "gen") for sample in iter_members(url, "gen")] for url in urls]
+        raws = [raw for shard in shards for raw in shard]
         if not raws:
             raise ValueError(f"{world}: its generation shards hold no image-caption pair")
+        bounds = itertools.accumulate((len(shard) for shard in shards), initial=0)
+        self.shard_ranges = [range(a, b) for a, b in itertools.pairwise(bounds)]  # pair indices per shard
         # (N, 3, S, S) uint8: und_transform's geometry (resize the long side, pad); scaled per batch
         self.pixels = torch.stack([F_v2.pil_to_tensor(und_resize_and_pad(r.image, self.image_size)) for r in raws])
         self.labels = (
             torch.from_numpy(np.stack([self._patch_labels(r) for r in raws])) if patch_labels else None
         )  # (N, T)
-        # Padded to the longest caption (up to max_text_len): the text tower pools the last position, which
-        # sees every token either way; padding to 48 when no caption passes 30 tokens cost a third of it.
-        lengths = [len(ids) for ids in self.tokenizer([r.text for r in raws], add_special_tokens=False).input_ids]
         self.ids = self.tokenizer(
             [r.text for r in raws],
             padding="max_length",
             truncation=True,
-            max_length=min(max_text_len, max(lengths)),
+            max_length=max_text_len,
             add_special_tokens=False,
             return_tensors="pt",
         ).input_ids  # (N, L), right-padded
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.cursor = torch.empty(0, dtype=torch.long), 0
+        self._order = self._stream_order(source_shard_rng(f"siglip/{seed}", "gen", 0))
+
+    def _stream_order(self, shard_rng: random.Random) -> Iterator[int]:
+        while True:
+            yield from shard_rng.choice(self.shard_ranges)
 
     def _patch_labels(self, raw: RawSample) -> np.ndarray:
         scene = (raw.meta or {}).get("scene")
@@ -172,19 +179,8 @@ class _PairTable:
             raise ValueError(f"shard {raw.url}: sample {raw.key!r} has no scene json: dense_weight > 0 needs a shapes world")
         return shapes_world.patch_labels(shapes_world.Scene.from_dict(scene), self.image_size, self.grid)
 
-    def _indices(self, batch_size: int) -> torch.Tensor:
-        parts, need = [], batch_size
-        while need:
-            if self.cursor == len(self.order):
-                self.order, self.cursor = torch.randperm(len(self.pixels), generator=self.generator), 0
-            take = self.order[self.cursor : self.cursor + need]
-            parts.append(take)
-            self.cursor += len(take)
-            need -= len(take)
-        return torch.cat(parts)
-
     def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        index = self._indices(batch_size)  # (B,)
+        index = torch.tensor(list(itertools.islice(self._order, batch_size)))  # (B,)
         pixels = unit_range(self.pixels[index])  # (B, 3, S, S) in [-1, 1]
         return pixels, self.ids[index], (self.labels[index] if self.labels is not None else None)
 
@@ -236,8 +232,7 @@ def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], Siglip
     data = _PairTable(world, siglip, config.max_text_len, config.seed, patch_labels=config.dense_weight > 0)
     num_labels = shapes_world.PATCH_LABELS if config.dense_weight > 0 else 0
     model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id, num_labels)
-    # fused: on CPU torch's default AdamW is a Python loop over the tensors (its foreach default is CUDA-only)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, config.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     start, losses, dense_losses = time.perf_counter(), [], []

@@ -4,11 +4,12 @@ import json
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from jf_lightning.data.shapes_shards import write_shapes_world
-from jf_lightning.data.sources import SourceConfig, decode, iter_members
+from jf_lightning.data.sources import ResampledStream, SourceConfig
 from jf_lightning.data.transforms import und_transform
 from jf_lightning.models.config import preset
 from jf_lightning.models.siglip_pretraining import (
@@ -45,24 +46,24 @@ def test_sigmoid_loss_rewards_matching_pairs_and_skips_repeated_captions():
     assert sigmoid_loss(both, ids) > sigmoid_loss(matched, ids) + 5  # two confident mistakes over 3 rows
 
 
-def test_pair_table_holds_every_pair_as_the_stream_decodes_it(world):
+def test_pair_table_serves_the_batches_streaming_gave(world):
+    """The in-memory table reads the shards once, then serves the very batches a ResampledStream over
+    the same shards would (the reader before it): pretraining stays the same to the bit."""
     table = _PairTable(world, preset("tiny").siglip, max_text_len=48, seed=0, patch_labels=True)
-    urls = SourceConfig(urls=str(world / "gen" / "train-*.tar"), kind="gen").resolved().urls
-    raws = [decode(sample, "gen") for url in urls for sample in iter_members(url, "gen")]
-    assert len(table.pixels) == len(raws) == 96
-    for i in (0, 47, 95):
-        assert torch.equal(table.pixels[i].float() / 127.5 - 1, und_transform(raws[i].image, 32))
-        ids = table.tokenizer(raws[i].text, add_special_tokens=False).input_ids
-        assert table.ids[i, : len(ids)].tolist() == ids  # then padding, to the longest caption only
-    longest = max(len(table.tokenizer(r.text, add_special_tokens=False).input_ids) for r in raws)
-    assert table.ids.shape == (96, longest) and longest < 48
-    # one epoch (96 pairs in batches of 40) draws each pair once, in a seeded order
-    drawn = torch.cat([table._indices(40), table._indices(40), table._indices(16)])
-    assert sorted(drawn.tolist()) == list(range(96))
-    again = _PairTable(world, preset("tiny").siglip, max_text_len=48, seed=0, patch_labels=False)
-    assert torch.equal(again._indices(96), drawn) and again.labels is None
-    pixels, ids, labels = table.next(8)
-    assert pixels.shape == (8, 3, 32, 32) and ids.shape == (8, longest) and labels.shape == (8, 64)
+    assert len(table.pixels) == 96 and [len(r) for r in table.shard_ranges] == [48, 48]
+    urls = SourceConfig(urls=str(world / "gen" / "train-*.tar"), kind="gen").resolved()
+    stream = ResampledStream([urls], "siglip/0")
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # 120 draws: past one shard's end, into the next drawn shard
+        raws = [stream.next(rng) for _ in range(40)]
+        pixels, ids, labels = table.next(40)
+        assert torch.equal(pixels, torch.stack([und_transform(r.image, 32) for r in raws]))
+        assert ids.shape == (40, 48)
+        assert ids.tolist() == table.tokenizer(
+            [r.text for r in raws], padding="max_length", max_length=48, add_special_tokens=False
+        ).input_ids
+        assert torch.equal(labels, torch.from_numpy(np.stack([table._patch_labels(r) for r in raws])))
+    assert _PairTable(world, preset("tiny").siglip, max_text_len=48, seed=0, patch_labels=False).next(2)[2] is None
 
 
 def test_pretraining_learns_and_saves_a_loadable_siglip(world, tmp_path):
