@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch pulls the newest CUDA build (several GB).
+	# torch first and pinned, through pip, which reads the machine's own pip configuration (local wheels,
+	# mirrors): an unpinned torch pulls the newest CUDA build (several GB).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	# The rest through uv: parallel downloads and bytecode compiled in parallel; it keeps the torch above.
+	# (57 s with pip against 29 s on 2 cores: `python -m benchmarks.install`.)
+	$(PY) -m pip install -q uv
+	$(PY) -m uv pip install -q --python $(PY) --compile-bytecode -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -32,6 +32,7 @@ OVERRIDES = [
     "--shapes_world.train_samples=64", "--shapes_world.val_samples=16", "--trainer.max_steps=3",
     "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1", "--data.val_batches=1",
     "--checkpoint.every_n_train_steps=2", "--siglip_pretraining.steps=2", "--siglip_pretraining.batch_size=8",
+    "--trainer.devices=1", "--trainer.strategy=auto",  # tiny.yaml trains on 2 DDP processes; that test is below
 ]  # fmt: skip
 # every_n_train_steps 2 does not divide max_steps 3, like the demo's 500 and 2,800: last.ckpt must still
 # hold step 3, or validate below would not reproduce the fit run's last validation.
@@ -98,7 +99,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
 def test_fit_on_two_ddp_processes(tmp_path):
     # The same config on 2 CPU processes (DDP over gloo): one MLflow run, logged by rank 0 alone.
     (tmp_path / "small.yaml").write_text(SMALL)
-    overrides = [o for o in OVERRIDES if not o.startswith("--data.val_batches")]
+    overrides = [o for o in OVERRIDES if not o.startswith(("--data.val_batches", "--trainer.devices", "--trainer.strategy"))]
     out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *overrides, "--data.val_batches=2",
              "--trainer.strategy=ddp", "--trainer.devices=2")  # fmt: skip
     assert out.count("MLflow run ") == 1, out[-3000:]

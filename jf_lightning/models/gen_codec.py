@@ -23,16 +23,55 @@ def _channels_last_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class _CpuDepthwiseConv(torch.autograd.Function):
+    """A stride-1 "same" depthwise conv whose backward is two more depthwise forward convs.
+
+    oneDNN's depthwise forward kernel is fast on CPU, but its weight gradient runs a generic grouped
+    kernel that pads every one-channel group to 16 x 16 channels: in a tiny.yaml step it was the
+    largest single operator (python -m benchmarks.depthwise_conv). Both gradients are depthwise
+    cross-correlations, so they reuse the forward kernel:
+    - input: the output gradient correlated with the flipped filter (same padding);
+    - filter: per (image, channel) pair, the padded input correlated with that pair's output gradient
+      (a depthwise conv over N * C channels with an H x W "filter"), summed over the images.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+        # x: (N, C, H, W); weight: (C, 1, k, k) with k = 2 * padding + 1
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        pad, k = ctx.padding, weight.shape[-1]
+        grad = grad.contiguous(memory_format=torch.channels_last)  # (N, C, H, W)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), padding=k - 1 - pad, groups=c)
+        if ctx.needs_input_grad[1]:
+            padded = F.pad(x, (pad, pad, pad, pad)).reshape(1, n * c, h + 2 * pad, w + 2 * pad)
+            per_image = F.conv2d(padded, grad.reshape(n * c, 1, h, w), groups=n * c)  # (1, N * C, k, k)
+            grad_w = per_image.view(n, c, k, k).sum(0).unsqueeze(1)  # (C, 1, k, k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
 def depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` on a channels-last copy of ``x`` (N, C, H, W); the result is channels-last too. On CPU
     under autocast it runs in fp32: oneDNN's bf16 depthwise 7x7 is slower than its fp32 one, whose
     forward + backward in channels-last took 0.8x the time in two decoder blocks (benchmarks/train_step.py
-    shows the whole step)."""
+    shows the whole step). On CPU the backward is ``_CpuDepthwiseConv``'s."""
     x = x.contiguous(memory_format=torch.channels_last)
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if x.device.type != "cpu":
+        return conv(x)
+    if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return conv(x.float())
-    return conv(x)
+            return _CpuDepthwiseConv.apply(x.float(), conv.weight, conv.bias, conv.padding[0])
+    return _CpuDepthwiseConv.apply(x, conv.weight, conv.bias, conv.padding[0])
 
 
 class ResponseNorm(GlobalResponseNorm):
@@ -46,9 +85,12 @@ class ResponseNorm(GlobalResponseNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            # vector_norm in fp32 (it casts x for the reduction only); its backward is safe at a zero norm
-            # (a channel GELU zeroes everywhere), where sqrt(sum(x^2)) gives NaN gradients.
-            x_g = torch.linalg.vector_norm(x, dim=self.spatial_dim, keepdim=True, dtype=torch.float32)  # (N, 1, 1, C)
+            # The L2 norm as a sum of squares in fp32: on CPU, torch.linalg.vector_norm over the (H, W)
+            # dims of a channels-last map took far longer (python -m benchmarks.response_norm). The clamp
+            # keeps the backward finite where GELU zeroes a channel over the whole map, where sqrt(0)
+            # has an infinite gradient (a demo went NaN at step 459 that way); it moves no other norm.
+            sum_sq = x.float().square().sum(dim=self.spatial_dim, keepdim=True)  # (N, 1, 1, C)
+            x_g = sum_sq.clamp_min(torch.finfo(torch.float32).tiny).sqrt()
             x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
             scale = 1 + self.weight.view(self.wb_shape) * x_n  # (N, 1, 1, C)
             return torch.addcmul(self.bias.view(self.wb_shape).to(x.dtype), x, scale.to(x.dtype))

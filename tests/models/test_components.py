@@ -44,6 +44,21 @@ def test_depthwise_conv_runs_in_fp32_under_cpu_autocast():
     torch.testing.assert_close(y, conv(x))
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_depthwise_conv_gradients_equal_torchs(autocast):
+    # its backward is our own (two depthwise forward convs): every gradient must be conv2d's
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, kernel_size=7, padding=3, groups=8)
+    x = torch.randn(3, 8, 6, 5, requires_grad=True)  # not square: height and width must not swap
+    grad = torch.randn(3, 8, 6, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ours = depthwise_conv(conv, x)
+    expected = [torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), grad)]
+    got = torch.autograd.grad(ours, (x, conv.weight, conv.bias), grad)
+    for a, b in zip(got, expected[0], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_convnext_block_under_autocast_matches_fp32_with_frozen_weights():
     # as sampling runs it: the EMA copy's weights need no grad; bf16 autocast agrees with fp32
     torch.manual_seed(0)
