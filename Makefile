@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# mirrors): an unpinned torch pulls the newest CUDA build (several GB).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	# The rest through uv: parallel downloads and bytecode compiled in parallel; it keeps the torch above.
-	# (57 s with pip against 29 s on 2 cores: `python -m benchmarks.install`.)
+	# (pip 57-78 s, uv 25-29 s on 2 cores: `python -m benchmarks.install`.)
 	$(PY) -m pip install -q uv
 	$(PY) -m uv pip install -q --python $(PY) --compile-bytecode -e ".[dev]"
 	touch $(STAMP)

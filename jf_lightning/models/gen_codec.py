@@ -27,9 +27,10 @@ class _CpuDepthwiseConv(torch.autograd.Function):
     """A stride-1 "same" depthwise conv whose backward is two more depthwise forward convs.
 
     oneDNN's depthwise forward kernel is fast on CPU, but its weight gradient runs a generic grouped
-    kernel that pads every one-channel group to 16 x 16 channels: in a tiny.yaml step it was the
-    largest single operator (python -m benchmarks.depthwise_conv). Both gradients are depthwise
-    cross-correlations, so they reuse the forward kernel:
+    kernel that pads every one-channel group to 16 x 16 channels (ONEDNN_VERBOSE shows it). Both
+    gradients are depthwise cross-correlations, so they reuse the forward kernel
+    (python -m benchmarks.depthwise_conv: 0.27-0.41x on the codec's maps; a whole tiny.yaml step
+    0.99x on two threads, 0.965x on one, as a DDP rank runs: experiments/tiny.md, session 19):
     - input: the output gradient correlated with the flipped filter (same padding);
     - filter: per (image, channel) pair, the padded input correlated with that pair's output gradient
       (a depthwise conv over N * C channels with an H x W "filter"), summed over the images.
@@ -86,7 +87,7 @@ class ResponseNorm(GlobalResponseNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             # The L2 norm as a sum of squares in fp32: on CPU, torch.linalg.vector_norm over the (H, W)
-            # dims of a channels-last map took far longer (python -m benchmarks.response_norm). The clamp
+            # dims of a channels-last map took ~10x as long (python -m benchmarks.response_norm). The clamp
             # keeps the backward finite where GELU zeroes a channel over the whole map, where sqrt(0)
             # has an infinite gradient (a demo went NaN at step 459 that way); it moves no other norm.
             sum_sq = x.float().square().sum(dim=self.spatial_dim, keepdim=True)  # (N, 1, 1, C)

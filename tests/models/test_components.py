@@ -53,9 +53,9 @@ def test_depthwise_conv_gradients_equal_torchs(autocast):
     grad = torch.randn(3, 8, 6, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         ours = depthwise_conv(conv, x)
-    expected = [torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), grad)]
+    expected = torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), grad)
     got = torch.autograd.grad(ours, (x, conv.weight, conv.bias), grad)
-    for a, b in zip(got, expected[0], strict=True):
+    for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
