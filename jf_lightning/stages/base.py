@@ -8,6 +8,7 @@ only samples the flow inputs, calls the model and weighs the losses.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -103,6 +104,19 @@ def part_groups(model: JanusFlow) -> dict[str, list[str]]:
     return groups
 
 
+# ------------------------------------------------------------------------------- learning rate
+
+
+def lr_factor(step: int, warmup: int, total: int, cooldown: int = 0) -> float:
+    """Multiplier of the peak lr before optimizer step ``step`` (0-based): a linear warm-up from
+    1/warmup (no wasted zero-lr step), then constant (Table 1), then, with ``cooldown`` > 0, a linear
+    fall over the last ``cooldown`` of ``total`` steps to 1/cooldown at the last one."""
+    factor = min(1.0, (step + 1) / warmup)
+    if cooldown:
+        factor = min(factor, (total - step) / cooldown)
+    return max(factor, 0.0)
+
+
 # ------------------------------------------------------------------------------------ the stage
 
 
@@ -128,6 +142,7 @@ class JanusFlowStage(LightningModule):
         time_std: float = 1.0,
         seed: int = 0,
         lr_scales: dict[str, float] | None = None,
+        cooldown_steps: int = 0,
     ):
         """
         Args:
@@ -149,8 +164,13 @@ class JanusFlowStage(LightningModule):
                 stream index and the global rank, so runs are reproducible and ranks differ.
             lr_scales: Multipliers of ``lr`` per part group (``llm``, ``siglip``, ``adapters``), e.g.
                 ``{adapters: 2.0}`` for the parts trained from scratch; groups not named keep ``lr``.
+            cooldown_steps: Optimizer steps at the end of ``trainer.max_steps`` over which the learning
+                rate falls linearly to zero (a warmup-stable-decay schedule). 0, the default, keeps the
+                paper's constant rate to the end.
         """
         super().__init__()
+        if cooldown_steps < 0:
+            raise ValueError(f"cooldown_steps is {cooldown_steps}: give 0 (constant lr) or a positive step count")
         unknown = set(lr_scales or {}) - set(get_args(PartGroup))
         if unknown:
             raise ValueError(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
@@ -317,9 +337,14 @@ class JanusFlowStage(LightningModule):
             weight_decay=self.hparams.weight_decay,
             fused=True if self._fused_optimizer(groups) else None,
         )
-        warmup = max(1, self.hparams.warmup_steps)
-        # Linear warm-up from lr/warmup (no wasted zero-lr step), then constant (Table 1).
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        cooldown = self.hparams.cooldown_steps
+        total = self.trainer.max_steps if cooldown else 0  # the decay ends where training does
+        if cooldown and cooldown > total:
+            raise ValueError(
+                f"model.init_args.cooldown_steps {cooldown} needs trainer.max_steps >= it (max_steps is {total})"
+            )
+        factor = partial(lr_factor, warmup=max(1, self.hparams.warmup_steps), total=total, cooldown=cooldown)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         # "name" is what LearningRateMonitor logs it as: train/lr sorts with the other train metrics
         return {
             "optimizer": optimizer,

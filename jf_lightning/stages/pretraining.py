@@ -14,7 +14,8 @@ class PretrainingStage(JanusFlowStage):
     def __init__(self, lr: float = 1e-4, warmup_steps: int = 2000, **kwargs):
         """
         Args:
-            lr: Peak AdamW learning rate, constant after the warm-up (Table 1: 1e-4).
+            lr: Peak AdamW learning rate, constant after the warm-up (Table 1: 1e-4) unless
+                ``cooldown_steps`` decays it at the end.
             warmup_steps: Optimizer steps of linear warm-up (Table 1: 2,000).
             kwargs: The shared arguments of :class:`JanusFlowStage`.
         """

@@ -14,7 +14,8 @@ class SFTStage(JanusFlowStage):
     def __init__(self, lr: float = 2e-5, warmup_steps: int = 1000, **kwargs):
         """
         Args:
-            lr: Peak AdamW learning rate, constant after the warm-up (Table 1: 2e-5).
+            lr: Peak AdamW learning rate, constant after the warm-up (Table 1: 2e-5) unless
+                ``cooldown_steps`` decays it at the end.
             warmup_steps: Optimizer steps of linear warm-up (Table 1: 1,000).
             kwargs: The shared arguments of :class:`JanusFlowStage`.
         """

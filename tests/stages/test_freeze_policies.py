@@ -96,6 +96,29 @@ def test_warmup_is_linear_then_constant():
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
 
 
+def test_cooldown_falls_linearly_to_the_last_step_of_max_steps():
+    module = built(STAGES["pretraining"], lr=1e-3, warmup_steps=2, cooldown_steps=3)
+    module.trainer = Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False)
+    opt = module.configure_optimizers()
+    optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
+
+
+@pytest.mark.parametrize("max_steps", [-1, 2])
+def test_a_cooldown_longer_than_training_is_refused(max_steps):
+    module = built(STAGES["pretraining"], cooldown_steps=3)
+    module.trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="cooldown_steps 3 needs trainer.max_steps"):
+        module.configure_optimizers()
+    with pytest.raises(ValueError, match="cooldown_steps is -1"):
+        built(STAGES["pretraining"], cooldown_steps=-1)
+
+
 
 def test_under_bf16_the_fused_optimizer_still_has_its_gradients_clipped():
     # Lightning's MixedPrecision refuses to clip for fused optimizers (an fp16 GradScaler concern)
