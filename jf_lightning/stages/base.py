@@ -8,6 +8,8 @@ only samples the flow inputs, calls the model and weighs the losses.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from bisect import bisect_right
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -117,6 +119,24 @@ def lr_factor(step: int, warmup: int, total: int, cooldown: int = 0) -> float:
     return max(factor, 0.0)
 
 
+# ------------------------------------------------------------------------------ flow times
+
+
+class TimeMeanSchedule:
+    """Piecewise-constant mean of the logit-normal training times: ``[(start_step, mean), ...]``."""
+
+    def __init__(self, entries: list[tuple[int, float]]):
+        starts = [int(start) for start, _ in entries]
+        if not starts or starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
+            raise ValueError(
+                f"time_mean_schedule {entries}: start steps must begin at 0 and increase, e.g. [[0, 0.0], [1000, -0.5]]"
+            )
+        self.starts, self.means = starts, [float(mean) for _, mean in entries]
+
+    def at(self, step: int) -> float:
+        return self.means[bisect_right(self.starts, step) - 1]
+
+
 # ------------------------------------------------------------------------------------ the stage
 
 
@@ -143,6 +163,7 @@ class JanusFlowStage(LightningModule):
         seed: int = 0,
         lr_scales: dict[str, float] | None = None,
         cooldown_steps: int = 0,
+        time_mean_schedule: list[tuple[int, float]] | None = None,
     ):
         """
         Args:
@@ -167,10 +188,16 @@ class JanusFlowStage(LightningModule):
             cooldown_steps: Optimizer steps at the end of ``trainer.max_steps`` over which the learning
                 rate falls linearly to zero (a warmup-stable-decay schedule). 0, the default, keeps the
                 paper's constant rate to the end.
+            time_mean_schedule: ``time_mean`` by optimizer step, piecewise constant, instead of one
+                value: ``[[0, 0.0], [1000, -0.5]]`` trains around the middle of the path for 1,000
+                steps, then nearer the noise end. The first entry starts at step 0.
         """
         super().__init__()
         if cooldown_steps < 0:
             raise ValueError(f"cooldown_steps is {cooldown_steps}: give 0 (constant lr) or a positive step count")
+        self.time_means = TimeMeanSchedule(time_mean_schedule or [(0, time_mean)])
+        if time_mean_schedule and time_mean:
+            raise ValueError(f"time_mean {time_mean} and time_mean_schedule both given: give one of them")
         unknown = set(lr_scales or {}) - set(get_args(PartGroup))
         if unknown:
             raise ValueError(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
@@ -229,9 +256,8 @@ class JanusFlowStage(LightningModule):
     def flow_inputs(self, batch: PackedBatch, generator: torch.Generator):
         """Clean latents x (N, C, h, w), noise z0 like x, times t (N,) and z_t for the generation rows."""
         x = batch.gen_latents if batch.gen_latents is not None else self.model.vae.encode(batch.gen_pixels)
-        t = sample_logit_normal(
-            x.shape[0], generator, self.hparams.time_mean, self.hparams.time_std, device=x.device
-        )  # (N,)
+        mean = self.time_means.at(self.global_step)
+        t = sample_logit_normal(x.shape[0], generator, mean, self.hparams.time_std, device=x.device)  # (N,)
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)  # (N, C, h, w)
         return x, noise, t, interpolate(x, noise, t)
 

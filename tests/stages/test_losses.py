@@ -75,6 +75,33 @@ def test_flow_noise_is_reproducible_per_batch_index(sft_stage):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+def test_time_mean_schedule_shifts_the_times_from_its_step_on(monkeypatch):
+    stage = built(SFTStage, time_mean_schedule=[[0, 0.0], [5, -4.0]])
+    batch = tiny_batch(stage.model_config)
+
+    def times_at(step: int) -> torch.Tensor:
+        monkeypatch.setattr(SFTStage, "global_step", property(lambda self: step))
+        return stage.flow_inputs(batch, torch.Generator().manual_seed(0))[2]  # (N,)
+
+    before, at_switch, later = times_at(4), times_at(5), times_at(900)
+    assert torch.equal(times_at(0), before) and torch.equal(at_switch, later)
+    # the same normal draws, moved by -4 before the sigmoid
+    assert torch.allclose(torch.logit(at_switch), torch.logit(before) - 4.0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"time_mean_schedule": [[5, -0.5]]}, "must begin at 0 and increase"),
+        ({"time_mean_schedule": [[0, 0.0], [0, -0.5]]}, "must begin at 0 and increase"),
+        ({"time_mean": -0.5, "time_mean_schedule": [[0, -0.5]]}, "both given"),
+    ],
+)
+def test_a_bad_time_mean_schedule_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SFTStage(**kwargs)
+
+
 def test_gen_only_batch_has_no_ar_loss_and_understanding_only_model_no_flow():
     stage = built(SFTStage, ablation="E")  # no understanding encoder: the batch has text + generation
     batch = tiny_batch(stage.model_config)
