@@ -125,6 +125,23 @@ class JanusFlowCLI(LightningCLI):
                 model_keys, f"data.{key}", compute_fn=lambda p, a, o, key=key: _model_sizes(p, a, o)[key]
             )
 
+    def _parse_ckpt_path(self) -> None:
+        # With --ckpt_path, LightningCLI replaces the model's init arguments by the checkpoint's
+        # hyperparameters, so a value changed for the resumed run would be dropped without a word.
+        subcommand = self.config.get("subcommand")
+        configured = _model_init_args(self.config[subcommand]) if subcommand else {}
+        super()._parse_ckpt_path()
+        if not configured:
+            return
+        resumed = _model_init_args(self.config[subcommand])
+        for key in sorted(k for k in configured if configured[k] != resumed.get(k)):
+            warnings.warn(
+                f"--ckpt_path {self.config[subcommand].ckpt_path}: model.init_args.{key} is "
+                f"{resumed.get(key)!r} from the checkpoint, not {configured[key]!r} as configured "
+                "(a resumed run keeps its hyperparameters; start a new run to change it)",
+                stacklevel=1,
+            )
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         logger = config.trainer.logger
@@ -158,6 +175,11 @@ class JanusFlowCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer, self.prepare_seconds))
+
+
+def _model_init_args(config) -> dict[str, Any]:
+    init_args = config.get("model", {}).get("init_args") if hasattr(config, "get") else None
+    return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
 
 
 def prepare_inputs(config) -> bool:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from jf_lightning.cli import JanusFlowCLI, main, run_summary
@@ -103,3 +104,25 @@ def test_progress_bar_names_the_step_budget_not_epoch_minus_two():
     assert bar._get_train_description(0).strip() == "Training (40 steps)"
     cli.trainer.fit_loop.max_epochs = 3
     assert bar._get_train_description(1).strip() == "Epoch 1/2"  # epoch-bounded runs keep Lightning's label
+
+
+class ParseOnlyCLI(JanusFlowCLI):
+    """Parses a subcommand (ckpt_path included) and stops before building or running anything."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def test_resuming_warns_for_each_model_argument_the_checkpoint_replaces(tmp_path):
+    ckpt = tmp_path / "resume.ckpt"
+    hparams = {"_class_path": "jf_lightning.stages.PretrainingStage", "time_mean": 0.0, "cooldown_steps": 800}
+    torch.save({"hyper_parameters": hparams}, ckpt)
+    args = ["fit", "-c", str(TINY), f"--ckpt_path={ckpt}", "--trainer.logger=false",
+            "--model.init_args.time_mean=-0.5", "--model.init_args.cooldown_steps=800"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"model.init_args.time_mean is 0.0 from the checkpoint, not -0.5") as seen:
+        cli = ParseOnlyCLI(args=args)
+    assert cli.config.fit.model.init_args.time_mean == 0.0  # what LightningCLI does; the warning says so
+    assert not [w for w in seen if "cooldown_steps" in str(w.message)]  # unchanged: nothing to say

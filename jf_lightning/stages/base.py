@@ -190,7 +190,8 @@ class JanusFlowStage(LightningModule):
                 paper's constant rate to the end.
             time_mean_schedule: ``time_mean`` by optimizer step, piecewise constant, instead of one
                 value: ``[[0, 0.0], [1000, -0.5]]`` trains around the middle of the path for 1,000
-                steps, then nearer the noise end. The first entry starts at step 0.
+                steps, then nearer the noise end. The first entry starts at step 0; validation draws its
+                times at the first entry's mean, so ``val/rf_loss`` compares across steps.
         """
         super().__init__()
         if cooldown_steps < 0:
@@ -256,7 +257,9 @@ class JanusFlowStage(LightningModule):
     def flow_inputs(self, batch: PackedBatch, generator: torch.Generator):
         """Clean latents x (N, C, h, w), noise z0 like x, times t (N,) and z_t for the generation rows."""
         x = batch.gen_latents if batch.gen_latents is not None else self.model.vae.encode(batch.gen_pixels)
-        mean = self.time_means.at(self.global_step)
+        # Validation keeps the first mean, so val/rf_loss compares across steps and with a resumed run
+        # (whose validate-only step count restarts at 0).
+        mean = self.time_means.at(self.global_step if self.training else 0)
         t = sample_logit_normal(x.shape[0], generator, mean, self.hparams.time_std, device=x.device)  # (N,)
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)  # (N, C, h, w)
         return x, noise, t, interpolate(x, noise, t)

@@ -87,6 +87,8 @@ def test_time_mean_schedule_shifts_the_times_from_its_step_on(monkeypatch):
     assert torch.equal(times_at(0), before) and torch.equal(at_switch, later)
     # the same normal draws, moved by -4 before the sigmoid
     assert torch.allclose(torch.logit(at_switch), torch.logit(before) - 4.0, atol=1e-4)
+    stage.eval()  # validation measures at the first mean whatever the step
+    assert torch.equal(times_at(900), before)
 
 
 @pytest.mark.parametrize(
