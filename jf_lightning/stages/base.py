@@ -172,7 +172,7 @@ class JanusFlowStage(LightningModule):
                 C two VAE+ConvNeXt encoders, D understanding only, E generation only, F final design).
             overrides: Dotted keys set on the model config after preset and ablation,
                 e.g. ``{"llm.source": "deepseek-ai/deepseek-vl-1.3b-base", "repa.layer": 8}``.
-            lr: Peak learning rate of AdamW (reached after the warm-up, then constant).
+            lr: Peak learning rate of AdamW (reached after the warm-up, then constant until ``cooldown_steps``).
             warmup_steps: Optimizer steps of linear warm-up.
             betas: AdamW betas (the paper: 0.9, 0.95).
             weight_decay: AdamW weight decay (the paper: 0).
