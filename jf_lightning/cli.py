@@ -35,7 +35,7 @@ from jf_lightning.callbacks.progress import relabel_default_progress_bar
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.models.siglip_pretraining import SiglipPretrainingConfig, pretrain_siglip
-from jf_lightning.stages.base import JanusFlowStage, resolve_config
+from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits, resolve_config
 
 AUTO = "auto"
 """Experiment name placeholder: replaced by the stem of the first config file."""
@@ -165,6 +165,9 @@ class JanusFlowCLI(LightningCLI):
 
     def before_fit(self) -> None:
         config = self.config[self.subcommand]
+        # Said now, not at configure_optimizers after minutes of writing inputs.
+        init_args = _model_init_args(config)
+        check_cooldown_fits(init_args.get("cooldown_steps") or 0, config.trainer.max_steps)
         start = time.perf_counter()
         if prepare_inputs(config):
             self.prepare_seconds = time.perf_counter() - start

@@ -126,3 +126,10 @@ def test_resuming_warns_for_each_model_argument_the_checkpoint_replaces(tmp_path
         cli = ParseOnlyCLI(args=args)
     assert cli.config.fit.model.init_args.time_mean == 0.0  # what LightningCLI does; the warning says so
     assert not [w for w in seen if "cooldown_steps" in str(w.message)]  # unchanged: nothing to say
+
+
+def test_a_cooldown_longer_than_max_steps_is_refused_before_the_inputs_are_written(tmp_path):
+    cli = ParseOnlyCLI(args=["fit", "-c", str(TINY), "--trainer.max_steps=100", "--trainer.logger=false"])
+    with pytest.raises(ValueError, match="cooldown_steps 800 needs trainer.max_steps >= it \\(max_steps is 100\\)"):
+        cli.before_fit()
+    assert not (tmp_path / "data").exists()  # tiny.yaml's world and SigLIP were not started

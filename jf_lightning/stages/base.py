@@ -119,6 +119,14 @@ def lr_factor(step: int, warmup: int, total: int, cooldown: int = 0) -> float:
     return max(factor, 0.0)
 
 
+def check_cooldown_fits(cooldown: int, max_steps: int | None) -> None:
+    """The cool-down ends where training does, so it needs a step budget at least as long."""
+    if cooldown and (max_steps is None or max_steps < cooldown):
+        raise ValueError(
+            f"model.init_args.cooldown_steps {cooldown} needs trainer.max_steps >= it (max_steps is {max_steps})"
+        )
+
+
 # ------------------------------------------------------------------------------ flow times
 
 
@@ -368,10 +376,7 @@ class JanusFlowStage(LightningModule):
         )
         cooldown = self.hparams.cooldown_steps
         total = self.trainer.max_steps if cooldown else 0  # the decay ends where training does
-        if cooldown and cooldown > total:
-            raise ValueError(
-                f"model.init_args.cooldown_steps {cooldown} needs trainer.max_steps >= it (max_steps is {total})"
-            )
+        check_cooldown_fits(cooldown, total)
         factor = partial(lr_factor, warmup=max(1, self.hparams.warmup_steps), total=total, cooldown=cooldown)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         # "name" is what LearningRateMonitor logs it as: train/lr sorts with the other train metrics
