@@ -181,8 +181,9 @@ class JanusFlowCLI(LightningCLI):
 
 
 def _model_init_args(config) -> dict[str, Any]:
-    init_args = config.get("model", {}).get("init_args") if hasattr(config, "get") else None
-    return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+    """The model's init arguments of one subcommand's config, as a plain dict."""
+    init_args = config.model.get("init_args")
+    return init_args.as_dict() if init_args is not None else {}
 
 
 def prepare_inputs(config) -> bool:

@@ -14,13 +14,12 @@ exact; and equal shares rotate batch by batch (1:1:1 at B = 4 gives 2:1:1, 1:2:1
 
 from __future__ import annotations
 
-import itertools
 import math
-from bisect import bisect_right
 from collections.abc import Sequence
 from fractions import Fraction
 
 from jf_lightning.data.sources import KINDS, Kind
+from jf_lightning.schedules import check_start_steps, segment_at
 
 
 def _integer_ratio(ratio: Sequence[float]) -> tuple[int, ...]:
@@ -59,11 +58,8 @@ class RatioSchedule:
 
     def __init__(self, entries: Sequence[tuple[int, Sequence[float]]]):
         entries = [(int(start), tuple(float(r) for r in ratio)) for start, ratio in entries]
-        if not entries or entries[0][0] != 0:
-            raise ValueError(f"ratio schedule must start at step 0, got {entries}")
         starts = [start for start, _ in entries]
-        if any(b <= a for a, b in itertools.pairwise(starts)):
-            raise ValueError(f"ratio schedule start steps must increase, got {starts}")
+        check_start_steps(starts, "ratio schedule")
         for start, ratio in entries:
             if len(ratio) != len(KINDS) or min(ratio) < 0 or sum(ratio) <= 0:
                 raise ValueError(
@@ -74,9 +70,7 @@ class RatioSchedule:
         self.ratios = [_integer_ratio(ratio) for _, ratio in entries]
 
     def _segment(self, step: int) -> int:
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        return bisect_right(self.starts, step) - 1
+        return segment_at(self.starts, step)
 
     def ratio_at(self, step: int) -> dict[Kind, float]:
         """Fractions of each kind at ``step`` (they sum to 1)."""

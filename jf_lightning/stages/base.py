@@ -8,8 +8,6 @@ only samples the flow inputs, calls the model and weighs the losses.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from bisect import bisect_right
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -30,6 +28,7 @@ from jf_lightning.flow.rectified_flow import (
 from jf_lightning.models.config import Ablation, JanusFlowConfig, with_ablation
 from jf_lightning.models.config import preset as preset_config
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
+from jf_lightning.schedules import check_start_steps, segment_at
 
 PartGroup = Literal["llm", "siglip", "adapters"]
 
@@ -134,15 +133,12 @@ class TimeMeanSchedule:
     """Piecewise-constant mean of the logit-normal training times: ``[(start_step, mean), ...]``."""
 
     def __init__(self, entries: list[tuple[int, float]]):
-        starts = [int(start) for start, _ in entries]
-        if not starts or starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
-            raise ValueError(
-                f"time_mean_schedule {entries}: start steps must begin at 0 and increase, e.g. [[0, 0.0], [1000, -0.5]]"
-            )
-        self.starts, self.means = starts, [float(mean) for _, mean in entries]
+        self.starts = [int(start) for start, _ in entries]
+        check_start_steps(self.starts, "time_mean_schedule")
+        self.means = [float(mean) for _, mean in entries]
 
     def at(self, step: int) -> float:
-        return self.means[bisect_right(self.starts, step) - 1]
+        return self.means[segment_at(self.starts, step)]
 
 
 # ------------------------------------------------------------------------------------ the stage

@@ -119,7 +119,6 @@ def test_a_cooldown_longer_than_training_is_refused(max_steps):
         built(STAGES["pretraining"], cooldown_steps=-1)
 
 
-
 def test_under_bf16_the_fused_optimizer_still_has_its_gradients_clipped():
     # Lightning's MixedPrecision refuses to clip for fused optimizers (an fp16 GradScaler concern)
     module = built(STAGES["sft"])

@@ -94,8 +94,8 @@ def test_time_mean_schedule_shifts_the_times_from_its_step_on(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"time_mean_schedule": [[5, -0.5]]}, "must begin at 0 and increase"),
-        ({"time_mean_schedule": [[0, 0.0], [0, -0.5]]}, "must begin at 0 and increase"),
+        ({"time_mean_schedule": [[5, -0.5]]}, "time_mean_schedule must start at step 0"),
+        ({"time_mean_schedule": [[0, 0.0], [0, -0.5]]}, "time_mean_schedule start steps must increase"),
         ({"time_mean": -0.5, "time_mean_schedule": [[0, -0.5]]}, "both given"),
     ],
 )
