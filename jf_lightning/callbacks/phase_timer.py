@@ -36,6 +36,10 @@ class PhaseTimer(Callback):
         self.validation_seconds = 0.0
         self._start_step = trainer.global_step
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed fit restores its step count after on_fit_start: count only the steps run here.
+        self._start_step = trainer.global_step
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validation_start = time.perf_counter()
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
+from lightning.pytorch.demos.boring_classes import BoringModel
+
 from jf_lightning.callbacks.phase_timer import PhaseTimer, format_seconds
 
 
@@ -42,3 +45,19 @@ def test_format_seconds():
     assert format_seconds(41.4) == "41 s"
     assert format_seconds(673) == "11 min 13 s"
 
+
+
+def test_a_resumed_fit_counts_only_its_own_steps(tmp_path):
+    def fit(max_steps, ckpt_path=None):
+        timer = PhaseTimer()
+        trainer = pl.Trainer(max_steps=max_steps, callbacks=[timer], logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)  # fmt: skip
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+        return trainer, timer
+
+    trainer, timer = fit(2)
+    assert timer.steps == 2
+    ckpt = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(ckpt)
+    trainer, timer = fit(5, ckpt)
+    assert trainer.global_step == 5 and timer.steps == 3 and "3 steps in" in timer.summary()
