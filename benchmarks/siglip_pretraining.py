@@ -2,12 +2,9 @@
 model part timed apart, for the in-memory pair table it reads now against streaming the shards (how it
 read before, through the DataModule's ``ResampledStream``: the same batches), same run.
 
-    python -m benchmarks.siglip_pretraining [--steps 20] [--processes [--processes-steps 200]]
-    (from the repository root)
+    python -m benchmarks.siglip_pretraining [--steps 20]   (from the repository root)
 
-It writes a 2,000-pair shapes world (32 px, as tiny.yaml) into a temporary directory. ``--processes``
-also times whole pretrainings (tiny.yaml's 20,000-pair world, batch 128) in one process against two
-data-parallel ones (``pretrain_siglip(..., processes=2)``), the same run.
+It writes a 2,000-pair shapes world (32 px, as tiny.yaml) into a temporary directory.
 """
 
 from __future__ import annotations
@@ -56,8 +53,8 @@ def time_steps(next_batch, table: sp._PairTable, steps: int) -> tuple[float, flo
         t0 = time.perf_counter()
         pixels, ids, labels = next_batch()
         t1 = time.perf_counter()
-        image, text, patch_logits = model(pixels, ids)
-        loss = sp.sigmoid_loss(model.pair_logits(image, text), ids) + F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten())
+        logits, patch_logits = model(pixels, ids)
+        loss = sp.sigmoid_loss(logits, ids) + F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -70,8 +67,6 @@ def time_steps(next_batch, table: sp._PairTable, steps: int) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    parser.add_argument("--processes", action="store_true", help="also time whole pretrainings on 1 and 2 processes")
-    parser.add_argument("--processes-steps", type=int, default=200, help="steps of each whole pretraining")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "shapes"
@@ -87,25 +82,6 @@ def main() -> None:
         print(f"{name:9s} data {data_s * 1000:6.1f} ms + model {model_s * 1000:6.1f} ms = {(data_s + model_s) * 1000:6.1f} ms")
     (d0, m0), (d1, m1) = results.values()
     print(f"ratio table / streamed: {(d1 + m1) / (d0 + m0):.2f}x a step")
-    if args.processes:
-        compare_processes(args.processes_steps)
-
-
-def compare_processes(steps: int) -> None:
-    """Whole pretrainings (start-up, table, steps) in one process on every thread against 2 spawned
-    processes of one thread each, the batch split between them: what tiny.yaml's inputs phase pays."""
-    with tempfile.TemporaryDirectory() as tmp:
-        world = Path(tmp) / "shapes"
-        write_shapes_world(world, seed=0, train_samples=20000, val_samples=0, image_size=32)
-        config = sp.SiglipPretrainingConfig(world=str(world), steps=steps, batch_size=BATCH, lr=2e-3, dense_weight=1.0)
-        seconds = {}
-        for processes in (1, 2):
-            start = time.perf_counter()
-            record = sp.pretrain_siglip(Path(tmp) / f"siglip-{processes}", config, log=lambda _: None, processes=processes)
-            seconds[processes] = (time.perf_counter() - start, record["seconds"])
-    for processes, (wall, loop) in seconds.items():
-        print(f"{processes} process(es): {wall:6.1f} s in all, of which the {steps} steps {loop:6.1f} s ({loop / steps * 1000:.0f} ms a step)")
-    print(f"ratio 2 / 1 processes: {seconds[2][0] / seconds[1][0]:.2f}x in all, {seconds[2][1] / seconds[1][1]:.2f}x the steps")
 
 
 if __name__ == "__main__":

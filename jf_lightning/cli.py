@@ -115,10 +115,9 @@ class JanusFlowCLI(LightningCLI):
         )  # fmt: skip
         parser.add_argument(
             "--siglip_pretraining", type=dict[str, Any] | None, default=None,
-            help="out_dir, processes (data-parallel CPU processes, default 1) and the fields of "
-            "models.siglip_pretraining.SiglipPretrainingConfig (world, preset, steps, batch_size, lr, ...): "
-            "a SigLIP is pretrained there before fit/validate if absent; point "
-            "model.init_args.overrides['siglip.source'] at the same out_dir.",
+            help="out_dir plus the fields of models.siglip_pretraining.SiglipPretrainingConfig (world, "
+            "preset, steps, batch_size, lr, ...): a SigLIP is pretrained there before fit/validate if "
+            "absent; point model.init_args.overrides['siglip.source'] at the same out_dir.",
         )  # fmt: skip
         model_keys = tuple(f"model.init_args.{k}" for k in ("preset", "ablation", "overrides"))
         for key in ("image_size", "num_und_tokens", "num_gen_tokens"):
@@ -197,12 +196,12 @@ def prepare_inputs(config) -> bool:
         spec = dict(config.siglip_pretraining)
         if "out_dir" not in spec:
             raise ValueError("siglip_pretraining: out_dir is required (where the pretrained SigLIP goes)")
-        out_dir, processes = spec.pop("out_dir"), spec.pop("processes", 1)
+        out_dir = spec.pop("out_dir")
         try:
             pretraining = SiglipPretrainingConfig(**spec)
         except TypeError as err:
             raise ValueError(f"siglip_pretraining: {err}") from None
-        pretrain_siglip(out_dir, pretraining, processes=processes)
+        pretrain_siglip(out_dir, pretraining)
     return bool(config.get("shapes_world") or config.get("siglip_pretraining"))
 
 

@@ -28,9 +28,7 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as F_v2
-from lightning.fabric import Fabric
 from torch import nn
 from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
 
@@ -105,32 +102,24 @@ class ContrastivePair(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        # pixels: (B, 3, S, S) in [-1, 1]; ids: (B, L) -> unit image embeddings (B, D), unit caption
-        # embeddings (B, D), and the patch head's logits (B, T, K) when there is one
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # pixels: (B, 3, S, S) in [-1, 1]; ids: (B, L) -> logits (B, B), image i against caption j, and
+        # the patch head's logits (B, T, K) when there is one
         patches = self.vision(pixels)  # (B, T, D)
         image = F.normalize(patches.mean(dim=1), dim=-1)  # (B, D): the "gap" SigLIP's pooling
         text = F.normalize(self.text(input_ids=ids).pooler_output, dim=-1)  # (B, D)
-        return image, text, (self.patch_head(patches) if self.patch_head is not None else None)
-
-    def pair_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(b, D) images against (B, D) captions -> (b, B) logits."""
-        return image @ text.T * self.logit_scale.exp() + self.logit_bias
+        logits = image @ text.T * self.logit_scale.exp() + self.logit_bias
+        return logits, (self.patch_head(patches) if self.patch_head is not None else None)
 
 
-def sigmoid_loss(logits: torch.Tensor, ids: torch.Tensor, caption_ids: torch.Tensor | None = None, first_row: int = 0) -> torch.Tensor:
+def sigmoid_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """SigLIP's loss: each pair is a binary positive (the diagonal) / negative decision, summed over
     the row and averaged over images. Written here because transformers computes it only inside
     ``SiglipModel.forward``, whose vision tower is not timm's. Off-diagonal pairs with the same caption
-    ("a photo of a red circle" twice in a batch) are neither: they are left out of the loss.
-
-    ``logits`` (b, B) may be a band of rows: images ``first_row .. first_row + b - 1`` of a batch of B
-    (their captions ``ids`` (b, L)) against all its captions ``caption_ids`` (B, L; default ``ids``).
-    The bands' losses then sum to the whole batch's (each is divided by B)."""
-    caption_ids = ids if caption_ids is None else caption_ids
-    rows, n = logits.shape
-    eye = (torch.arange(rows, device=logits.device)[:, None] + first_row) == torch.arange(n, device=logits.device)[None, :]
-    same_text = (ids[:, None, :] == caption_ids[None, :, :]).all(dim=-1)  # (b, B)
+    ("a photo of a red circle" twice in a batch) are neither: they are left out of the loss."""
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    same_text = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)
     sign = eye.float() * 2 - 1  # +1 positives, -1 negatives
     weight = (eye | ~same_text).float()
     return -(F.logsigmoid(sign * logits) * weight).sum() / n
@@ -207,8 +196,8 @@ def held_out_scores(model: ContrastivePair, data: _PairTable, batch_size: int, b
     hits = total = shape_hits = on_shape = 0
     for _ in range(batches):
         pixels, ids, labels = data.next(batch_size)
-        image, text, patch_logits = model(pixels, ids)
-        best = model.pair_logits(image, text).argmax(dim=1)  # (B,) caption index per image
+        logits, patch_logits = model(pixels, ids)
+        best = logits.argmax(dim=1)  # (B,) caption index per image
         hits += int((ids[best] == ids).all(dim=-1).sum())
         total += batch_size
         if patch_logits is not None:
@@ -237,97 +226,47 @@ def _check_target(out: Path, config: SiglipPretrainingConfig, world: dict[str, A
     return existing
 
 
-def _band_loss(fabric: Fabric, model, pixels, ids, labels, dense_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """This rank's share of a step's loss. Every rank holds the whole batch (B images, ``ids`` (B, L),
-    ``labels`` (B, T)) and embeds its band of B / world images and captions; the captions of all bands
-    are gathered with their gradients, so the sigmoid loss sees all B x B pairs as in one process
-    (open_clip's ``gather_with_grad``). DDP averages gradients over the ranks where the sigmoid loss
-    is a sum over bands, hence its factor ``world``; the patch loss is a mean, averaged as it is."""
-    world, rank = fabric.world_size, fabric.global_rank
-    band = pixels.shape[0] // world
-    rows = slice(rank * band, (rank + 1) * band)
-    image, text, patch_logits = model(pixels[rows], ids[rows])  # (b, D), (b, D), (b, T, K) or None
-    captions = fabric.all_gather(text, sync_grads=True).flatten(0, 1) if world > 1 else text  # (B, D)
-    logits = model.pair_logits(image, captions)  # (b, B)
-    loss = sigmoid_loss(logits, ids[rows], ids, first_row=rank * band) * world
-    dense = None
-    if patch_logits is not None:
-        dense = F.cross_entropy(patch_logits.flatten(0, 1), labels[rows].flatten())
-        loss = loss + dense_weight * dense
-    return loss, dense
-
-
-def _train(fabric: Fabric, fields: dict[str, Any], weights_path: str, log) -> dict[str, Any] | None:
-    """The pretraining loop of the config with these ``fields``, on every rank (handed over as a dict:
-    Fabric's spawn launcher refuses frozen dataclasses); rank 0 saves the vision tower's weights to
-    ``weights_path`` and returns the record (other ranks return None)."""
-    config = SiglipPretrainingConfig(**fields)
-    # Lightning 2.6 gathers with gradients through a torch function that now warns of its deprecation
-    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
+def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], SiglipEncoder]:
     siglip = preset(config.preset).siglip
-    data = _PairTable(Path(config.world), siglip, config.max_text_len, config.seed, patch_labels=config.dense_weight > 0)
+    world = Path(config.world)
+    data = _PairTable(world, siglip, config.max_text_len, config.seed, patch_labels=config.dense_weight > 0)
     num_labels = shapes_world.PATCH_LABELS if config.dense_weight > 0 else 0
-    pair = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id, num_labels)
-    optimizer = torch.optim.AdamW(pair.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    model, optimizer = fabric.setup(pair, optimizer)
+    model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id, num_labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, config.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     start, losses, dense_losses = time.perf_counter(), [], []
     for step in range(config.steps):
-        pixels, ids, labels = data.next(config.batch_size)  # the whole batch, the same on every rank
-        loss, dense = _band_loss(fabric, model, pixels, ids, labels, config.dense_weight)
+        pixels, ids, labels = data.next(config.batch_size)
+        logits, patch_logits = model(pixels, ids)
+        loss = sigmoid_loss(logits, ids)
+        if patch_logits is not None:
+            dense = F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten())
+            dense_losses.append(dense.item())
+            loss = loss + config.dense_weight * dense
         optimizer.zero_grad()
-        fabric.backward(loss)
-        fabric.clip_gradients(model, optimizer, max_norm=1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        # the whole batch's losses (the bands' mean: a sum for the sigmoid part, a mean for the patches)
-        losses.append(fabric.all_reduce(loss.detach(), reduce_op="mean").item())
-        if dense is not None:
-            dense_losses.append(fabric.all_reduce(dense.detach(), reduce_op="mean").item())
-        if fabric.global_rank == 0 and ((step + 1) % 100 == 0 or step + 1 == config.steps):
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == config.steps:
             dense_note = f", patch loss {np.mean(dense_losses[-100:]):.3f}" if dense_losses else ""
             log(f"siglip pretraining step {step + 1}/{config.steps}: loss {np.mean(losses[-100:]):.3f}{dense_note}")
-    if fabric.global_rank != 0:
-        return None
     record = {
         "config": asdict(config),
         "first_loss": float(np.mean(losses[:20])),
         "final_loss": float(np.mean(losses[-20:])),
         **({"final_patch_loss": float(np.mean(dense_losses[-20:]))} if dense_losses else {}),
-        **held_out_scores(pair, data, config.batch_size),
+        **held_out_scores(model, data, config.batch_size),
         "seconds": round(time.perf_counter() - start, 1),
-        "processes": fabric.world_size,
     }
-    torch.save(pair.vision.state_dict(), weights_path)
-    return record
+    return record, model.vision
 
 
-def _launch(config: SiglipPretrainingConfig, processes: int, log) -> tuple[dict[str, Any], SiglipEncoder]:
-    """Run ``_train`` in this process, or in ``processes`` spawned CPU processes (gloo DDP, one thread
-    each: on 2 cores, 1.19x the pace of one process on two threads at the demo's batch of 128)."""
-    if processes < 1 or config.batch_size % processes:
-        raise ValueError(f"siglip_pretraining: batch_size {config.batch_size} must split evenly over processes {processes}")
-    fabric = Fabric(accelerator="cpu", devices=processes, strategy="ddp_spawn" if processes > 1 else "auto")
-    saved_env = dict(os.environ)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = str(Path(tmp) / "vision.pt")
-        try:
-            record = fabric.launch(_train, asdict(config), weights, log)
-        finally:  # the launcher sets MASTER_PORT here, which a later DDP fit would otherwise reuse
-            os.environ.clear()
-            os.environ.update(saved_env)
-        vision = build_siglip(replace(preset(config.preset).siglip, source=None))
-        vision.load_state_dict(torch.load(weights, weights_only=True))
-    return record, vision
-
-
-def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig, log=print, processes: int = 1) -> dict[str, Any]:
+def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig, log=print) -> dict[str, Any]:
     """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
-    the record. Does nothing when ``out_dir`` already holds the same pretraining. ``processes`` > 1
-    trains data-parallel (the same loss and batches; the float sums, and so the weights, differ in the
-    last bits, as with another thread count, which is why the record keeps it apart from the config)."""
+    the record. Does nothing when ``out_dir`` already holds the same pretraining."""
     out = Path(out_dir).absolute()
     world = world_manifest(Path(config.world))["params"]  # the encoder depends on them too
     existing = _check_target(out, config, world)
@@ -336,7 +275,8 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
     # Seeded privately: a run that pretrains first must draw the same training randomness as a later
     # run that finds the encoder already there.
     with torch.random.fork_rng():
-        record, vision = _launch(config, processes, log)
+        torch.manual_seed(config.seed)
+        record, vision = _train(config, log)
     record["world"] = world
 
     def fill(tmp: Path) -> dict[str, Any]:
@@ -356,11 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in options:
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--processes", type=int, default=1, help="data-parallel CPU processes (one thread each)")
     args = parser.parse_args(argv)
     config = SiglipPretrainingConfig(world=args.world, **{name: getattr(args, name) for name in options})
     try:
-        record = pretrain_siglip(args.out, config, processes=args.processes)
+        record = pretrain_siglip(args.out, config)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     print(

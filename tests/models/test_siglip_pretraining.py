@@ -46,37 +46,6 @@ def test_sigmoid_loss_rewards_matching_pairs_and_skips_repeated_captions():
     assert sigmoid_loss(both, ids) > sigmoid_loss(matched, ids) + 5  # two confident mistakes over 3 rows
 
 
-def test_sigmoid_loss_of_row_bands_sums_to_the_whole_batch():
-    """Each DDP rank scores its band of images against all captions; the bands' losses add up to the
-    one-process loss, repeated captions included."""
-    torch.manual_seed(0)
-    logits = torch.randn(6, 6) * 4  # (B, B)
-    ids = torch.tensor([[1, 2], [3, 4], [1, 2], [5, 6], [7, 8], [3, 4]])
-    bands = sum(sigmoid_loss(logits[r : r + 2], ids[r : r + 2], ids, first_row=r) for r in (0, 2, 4))
-    assert bands.item() == pytest.approx(sigmoid_loss(logits, ids).item(), rel=1e-6)
-
-
-@pytest.mark.slow
-def test_two_processes_pretrain_the_same_siglip_as_one(world, tmp_path):
-    """Data-parallel pretraining (2 spawned gloo processes, the captions gathered with their gradients)
-    follows the one-process run: the same batches and loss, so the same weights up to float order."""
-    config = replace(_config(world), steps=4, batch_size=8, lr=2e-3, dense_weight=1.0)
-    one = pretrain_siglip(tmp_path / "one", config)
-    two = pretrain_siglip(tmp_path / "two", config, processes=2)
-    assert (one["processes"], two["processes"]) == (1, 2)
-    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-5)
-    assert two["final_patch_loss"] == pytest.approx(one["final_patch_loss"], rel=1e-5)
-    weights = [torch.load(tmp_path / d / "pytorch_model.bin", weights_only=True) for d in ("one", "two")]
-    assert weights[0].keys() == weights[1].keys()
-    for name, value in weights[0].items():
-        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5, msg=name)
-    initial = build_siglip(preset("tiny").siglip).state_dict()  # and both did train
-    assert not torch.allclose(weights[1]["blocks.0.attn.qkv.weight"], initial["vision_tower.blocks.0.attn.qkv.weight"])
-    with pytest.raises(ValueError, match="batch_size 9 must split evenly over processes 2") as err:
-        pretrain_siglip(tmp_path / "odd", replace(config, batch_size=9), processes=2)
-    assert "\n" not in str(err.value) and not (tmp_path / "odd").exists()
-
-
 def test_pair_table_serves_the_batches_streaming_gave(world):
     """The in-memory table reads the shards once, then serves the very batches a ResampledStream over
     the same shards would (the reader before it): pretraining stays the same to the bit."""
