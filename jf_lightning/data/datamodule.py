@@ -5,10 +5,11 @@ Batch numbering: loader worker ``w`` of ``W`` on DDP rank ``r`` of ``N`` builds 
 robin, so rank ``r`` trains on ``start + r, start + r + N, ...`` in order, and every batch is a pure
 function of (seed, b) except for which samples the per-worker streams deliver: kind counts (from the
 ratio schedule), source choices, crops and prompt drops all come from a per-batch RNG seeded by
-(seed, b).
+(seed, b). The N batches ``b // N = m`` that the ranks train side by side share their kind counts
+(equal work per rank at the gradient all-reduce).
 
-The ratio schedule is written in optimizer steps (as the paper's Table 1); one optimizer step consumes
-``N * accumulate_grad_batches`` batches, so the schedule is stretched by that factor before use.
+The ratio schedule is written in optimizer steps (as the paper's Table 1); one optimizer step is
+``accumulate_grad_batches`` micro-steps of N batches, so the schedule is stretched to micro-steps.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class PackedBatchStream(IterableDataset):
 
     def build(self, b: int, streams: dict) -> PackedBatch:
         """Batch ``b``: kind counts from the schedule, every random choice from the (seed, b) RNG."""
-        counts = self.schedule.kind_counts(b, self.batch_size)
         train = self.num_batches is None
+        counts = self.schedule.kind_counts(self.count_index(b), self.batch_size)
         rng = np.random.default_rng([self.seed, _TRAIN if train else _VAL, b])
         crops = torch.Generator().manual_seed(int(rng.integers(2**62)))
         samples = []
@@ -90,6 +91,14 @@ class PackedBatchStream(IterableDataset):
             samples += [self._sample(raw, rng, crops, train) for raw in raws]
         pad = self.templater.pad
         return pack(samples, self.seq_len, pad, batch_index=b, image_size=self.image_size)
+
+    def count_index(self, b: int) -> int:
+        """Which entry of the schedule's count sequence batch ``b`` takes. Training: the ``world_size``
+        batches that ranks train side by side (``b // world_size``, one micro-step) take the same kind
+        counts, so no rank waits at the gradient all-reduce for another's extra generation samples (a
+        generation sample costs about three understanding samples); the schedule then counts in
+        micro-steps. Validation counts its fixed sequence batch by batch (its offsets below do)."""
+        return b // self.world_size if self.num_batches is None else b
 
     def _sample(self, raw: RawSample, rng: np.random.Generator, crops: torch.Generator, train: bool):
         pixels = None
@@ -243,7 +252,7 @@ class JanusFlowDataModule(LightningDataModule):
         rank, world, per_step = self._dist()
         dataset = PackedBatchStream(
             self._train,
-            self.schedule.scaled(per_step),
+            self.schedule.scaled(per_step // world),  # in micro-steps: ranks share a micro-step's counts
             self._templater(),
             self.batch_size,
             self.seq_len,

@@ -78,6 +78,24 @@ def test_ranks_take_their_share(tiny_shards, tokenizer_dir):
     assert [b.batch_index for b in take(iter(ds), 3)] == [1, 3, 5]
 
 
+def test_ranks_training_side_by_side_share_kind_counts(tiny_shards, tokenizer_dir):
+    """2 ranks x 2 accumulated micro-batches: the two batches of a micro-step hold the same kinds (no rank
+    waits at the all-reduce for another's extra generation samples), the mix stays exact over the run,
+    and the schedule switches at its optimizer step (step 3 = micro-step 6 = batches 12 and 13)."""
+    schedule = [(0, (30, 50, 20)), (3, (0, 100, 0))]
+    per_rank = []
+    for rank in (0, 1):
+        dm = make_dm(tiny_shards, tokenizer_dir, ratio_schedule=schedule)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, accumulate_grad_batches=2)
+        batches = take(dm.train_dataloader(), 8)
+        assert [b.batch_index for b in batches] == list(range(rank, 16, 2))
+        per_rank.append([kinds_of(b) for b in batches])
+    assert per_rank[0] == per_rank[1]
+    assert len({tuple(sorted(k.items())) for k in per_rank[0][:6]}) > 1  # 30:50:20 in 5s: counts vary
+    assert sum((k for kinds in per_rank for k in kinds[:6]), Counter()) == Counter(und=18, gen=30, text=12)
+    assert all(k == Counter(gen=5) for kinds in per_rank for k in kinds[6:])
+
+
 def test_prompt_drop_in_training_never_in_validation(tiny_shards, tokenizer_dir):
     dm = make_dm(tiny_shards, tokenizer_dir, prompt_drop_prob=1.0)
     train = take(dm.train_dataloader(), 2)
