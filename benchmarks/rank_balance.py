@@ -2,7 +2,7 @@
 30:62:8) with kind counts shared by the ranks of a micro-step (the DataModule now) against counts drawn
 batch by batch (before), same run.
 
-    python -m benchmarks.rank_balance [--steps 40]   (from the repository root)
+    python -m benchmarks.rank_balance [--steps 60]   (from the repository root)
 
 Each rank's batch is timed alone on one thread (forward + backward + AdamW, bf16 autocast, as a DDP
 rank of tiny.yaml runs); a synchronized step lasts as long as its slower rank. Prints, per way of
@@ -64,7 +64,7 @@ def step_seconds(stage: PretrainingStage, optimizer, batch) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=40, help="synchronized steps per way of counting")
+    parser.add_argument("--steps", type=int, default=60, help="synchronized steps per way of counting")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
