@@ -46,10 +46,12 @@ def rank_batches(root: Path, steps: int, per_batch: bool) -> list[list]:
     dm.setup("fit")
     # the schedule in the units each way counts in: micro-steps (shared) or batches (per batch)
     stream, schedule = (PerBatchCounts, dm.schedule.scaled(WORLD)) if per_batch else (PackedBatchStream, dm.schedule)
-    return [
-        list(itertools.islice(iter(stream(dm._train, schedule, dm._templater(), 16, 256, 32, 0.1, 0, rank, WORLD)), steps))
-        for rank in range(WORLD)
+    base = dm.train_dataloader().dataset  # the DataModule's own stream: its sources and templates
+    config = {"batch_size": 16, "seq_len": 256, "image_size": 32, "prompt_drop_prob": 0.1, "seed": 0}
+    streams = [
+        stream(base.sources, schedule, base.templater, rank=rank, world_size=WORLD, **config) for rank in range(WORLD)
     ]
+    return [list(itertools.islice(iter(s), steps)) for s in streams]
 
 
 def step_seconds(stage: PretrainingStage, optimizer, batch) -> float:

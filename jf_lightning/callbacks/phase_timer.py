@@ -34,7 +34,6 @@ class PhaseTimer(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
         self.validation_seconds = 0.0
-        self._start_step = trainer.global_step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed fit restores its step count after on_fit_start: count only the steps run here.
