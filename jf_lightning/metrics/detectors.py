@@ -71,6 +71,15 @@ class _Segmentation(NamedTuple):
     residual: np.ndarray  # (H, W, C) distance from each segment, in RGB units
 
 
+class _Shape(NamedTuple):
+    """A shape found in one colour's component: its slice of the work image, its mask in that slice."""
+
+    sl: tuple[slice, slice]
+    mask: np.ndarray  # (h, w) bool
+    name: str
+    confidence: float  # of the shape alone (classify_shape)
+
+
 class ShapesDetector:
     """Colour segmentation, connected components and shape prototypes, for the shapes world.
 
@@ -81,7 +90,9 @@ class ShapesDetector:
     ``alpha_threshold`` (a half-covered pixel: the 50% contour keeps a blurred shape's true outline).
     A grey blur edge of a black shape thus stays black instead of turning purple, as plain nearest
     colour would have it. Components of each colour larger than ``min_area_fraction`` of the image
-    are classified by their nearest shape prototype (fill ratio, taper, filled corners).
+    are classified by their nearest shape prototype (fill ratio, taper, filled corners); a component of
+    no known shape is cut at its necks (:func:`split_at_necks`) into touching shapes, as a generator
+    draws them (two squares meeting at a corner) and an instance segmenter would see them.
 
     ``score`` multiplies confidences in [0, 1]: the shape's (unambiguous, like the ideal shape drawn
     in its box, square box), the colour's (pixels on their segment, a solid core) and isolation (a
@@ -133,21 +144,44 @@ class ShapesDetector:
                 comp = components[sl] == idx  # (h, w): the component inside its bounding box
                 if comp.sum() < min_area:
                     continue
-                name, shape_conf = self.classify_shape(comp, scale)
-                score = shape_conf * self._color_confidence(seg, ci, sl, comp)
-                if score > 0.0:
-                    score *= self._isolation(seg, ci, sl, comp, scale)
-                if score <= 0.0:
-                    continue
-                y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-                mask = None
-                if self.return_masks:
-                    full = np.zeros(seg.labels.shape, dtype=bool)
-                    full[sl] = comp
-                    mask = _resize_mask(full, src.shape[:2])
-                box = (x0 / scale, y0 / scale, x1 / scale, y1 / scale)
-                detections.append(Detection(name, box, float(score), color, mask))
+                whole = components == idx  # (H, W): pixels of its siblings do not count against a part
+                for obj in self.interpret(comp, sl, scale, min_area):
+                    score = obj.confidence * self._color_confidence(seg, ci, obj.sl, obj.mask)
+                    if score > 0.0:
+                        score *= self._isolation(seg, ci, obj.sl, obj.mask, scale, whole)
+                    if score <= 0.0:
+                        continue
+                    y0, y1, x0, x1 = obj.sl[0].start, obj.sl[0].stop, obj.sl[1].start, obj.sl[1].stop
+                    mask = None
+                    if self.return_masks:
+                        full = np.zeros(seg.labels.shape, dtype=bool)
+                        full[obj.sl] = obj.mask
+                        mask = _resize_mask(full, src.shape[:2])
+                    box = (x0 / scale, y0 / scale, x1 / scale, y1 / scale)
+                    detections.append(Detection(obj.name, box, float(score), color, mask))
         return sorted(detections, key=lambda d: -d.score)
+
+    def interpret(
+        self, comp: np.ndarray, sl: tuple[slice, slice], scale: float, min_area: float, depth: int = 2
+    ) -> list[_Shape]:
+        """The shapes one component holds: itself, or the parts it splits into at its necks (again within
+        each part, ``depth`` times) when every part is a more confident shape than the whole.
+
+        Why: the world never draws touching shapes, but a generator does (two squares meeting at a corner,
+        two triangles side by side), and GenEval's instance segmenter sees two objects where connected
+        components see one blob of no known shape.
+        """
+        whole = _Shape(sl, comp, *self.classify_shape(comp, scale))
+        if whole.confidence >= 0.5 or depth == 0:
+            return [whole]
+        shapes = []
+        for part in split_at_necks(comp, min_area):
+            ((py, px),) = ndimage.find_objects(part.astype(np.int32))
+            part_sl = (slice(sl[0].start + py.start, sl[0].start + py.stop), slice(sl[1].start + px.start, sl[1].start + px.stop))
+            shapes += self.interpret(part[py, px], part_sl, scale, min_area, depth - 1)
+        if shapes and min(s.confidence for s in shapes) > whole.confidence:
+            return shapes
+        return [whole]
 
     def _prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """Resample to ``work_size`` on the long side (bilinear up, box-filtered down), lightly denoised."""
@@ -213,8 +247,11 @@ class ShapesDetector:
         solid = np.clip((np.percentile(seg.alpha[sl][comp, ci], 90) - 0.5) / 0.35, 0.0, 1.0)
         return float(near * solid)
 
-    def _isolation(self, seg: _Segmentation, ci: int, sl, comp: np.ndarray, scale: float) -> float:
-        """Share of a ~1.5 source-pixel ring around the component that is background or its halo."""
+    def _isolation(
+        self, seg: _Segmentation, ci: int, sl, comp: np.ndarray, scale: float, whole: np.ndarray | None = None
+    ) -> float:
+        """Share of a ~1.5 source-pixel ring around the component that is background, its halo, or (for a
+        part of a split component) the ``whole`` component it was cut from (H x W bool)."""
         r = max(2, round(1.5 * scale))
         h, w = seg.labels.shape
         y0, y1 = max(sl[0].start - r, 0), min(sl[0].stop + r, h)
@@ -226,9 +263,41 @@ class ShapesDetector:
             return 0.0
         alpha, residual = seg.alpha[y0:y1, x0:x1, ci][ring], seg.residual[y0:y1, x0:x1, ci][ring]
         # white, or the component's colour mixed with white below half (its blur halo); shapes of the
-        # world never touch, so a neighbour counts against it like any other colour
-        share = np.mean((residual <= 50.0) & (alpha < self.alpha_threshold))
+        # world never touch, so a neighbour counts against it like any other colour (a split part's
+        # siblings excepted)
+        own = whole[y0:y1, x0:x1][ring] if whole is not None else False
+        share = np.mean(((residual <= 50.0) & (alpha < self.alpha_threshold)) | own)
         return float(np.clip((share - 0.6) / 0.3, 0.0, 1.0))
+
+
+def split_at_necks(comp: np.ndarray, min_area: float, max_neck: float = 0.65, min_peak: float = 0.35) -> list[np.ndarray]:
+    """Cut a boolean component (h, w) into the shapes that meet at its necks; [] when it has none.
+
+    Eroding the component deeper and deeper (thresholding its distance transform) separates touching
+    shapes at the depth of their neck, while each shape's core survives down to its own inradius. A neck
+    counts where at least two cores appear at a depth of at most ``max_neck`` times either core's inradius
+    (a narrow waist: an ellipse or a capsule has none), and each core's inradius is at least ``min_peak``
+    times the component's (a shape, not a bump of the outline). Every pixel then goes to its nearest core.
+    Written here, not scipy's watershed_ift: that ranks paths by their largest step, which ties across a
+    distance transform; it cut 41% of touching pairs into two shapes above GenEval's counting threshold,
+    nearest-core assignment 93%.
+    """
+    depth = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]  # (h, w), 0 outside
+    peak = depth.max()
+    for level in np.arange(1.0, peak, 0.5):
+        cores, n = ndimage.label(depth > level)
+        if n < 2:
+            continue
+        core_peaks = ndimage.maximum(depth, cores, index=np.arange(1, n + 1))  # (n,)
+        keep = [i + 1 for i, p in enumerate(core_peaks) if p >= min_peak * peak and level <= max_neck * p]
+        if len(keep) < 2:
+            continue
+        kept = np.where(np.isin(cores, keep), cores, 0)
+        _, nearest = ndimage.distance_transform_edt(kept == 0, return_indices=True)  # (2, h, w)
+        owner = kept[nearest[0], nearest[1]] * comp  # (h, w): the core each pixel is nearest to
+        parts = [owner == k for k in keep]
+        return parts if all(p.sum() >= min_area for p in parts) else []
+    return []
 
 
 def _templates(name: str, h: int, w: int) -> list[np.ndarray]:
