@@ -33,8 +33,7 @@ OVERRIDES = [
     "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1", "--data.val_batches=1",
     "--checkpoint.every_n_train_steps=2", "--siglip_pretraining.steps=2", "--siglip_pretraining.batch_size=8",
     "--trainer.devices=1", "--trainer.strategy=auto",  # tiny.yaml trains on 2 DDP processes; that test is below
-    # tiny.yaml's last 800 of 3,300 steps, scaled to these 3
-    "--model.init_args.cooldown_steps=2", "--model.init_args.time_mean_schedule=[[0, 0.0], [1, -0.5]]",
+    "--model.init_args.cooldown_steps=2",  # tiny.yaml's last 800 of 3,300 steps, scaled to these 3
 ]  # fmt: skip
 # every_n_train_steps 2 does not divide max_steps 3, like the demo's 500 and 2,800: last.ckpt must still
 # hold step 3, or validate below would not reproduce the fit run's last validation.
