@@ -144,8 +144,10 @@ class ShapesDetector:
                 comp = components[sl] == idx  # (h, w): the component inside its bounding box
                 if comp.sum() < min_area:
                     continue
-                whole = components == idx  # (H, W): pixels of its siblings do not count against a part
-                for obj in self.interpret(comp, sl, scale, min_area):
+                shapes = self.interpret(comp, sl, scale, min_area)
+                # (H, W), only when the component was split: pixels of its siblings do not count against a part
+                whole = components == idx if len(shapes) > 1 else None
+                for obj in shapes:
                     score = obj.confidence * self._color_confidence(seg, ci, obj.sl, obj.mask)
                     if score > 0.0:
                         score *= self._isolation(seg, ci, obj.sl, obj.mask, scale, whole)
