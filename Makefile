@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m jf_lightning prepare -c experiments/tiny.yaml
 	$(PY) -m jf_lightning fit -c experiments/tiny.yaml
 
 test: $(STAMP)

@@ -1,4 +1,4 @@
-"""The LLM's attention on CPU: transformers' SDPA against this project's matmul path (models/attention.py),
+"""The LLM's attention on CPU: transformers' SDPA against this project's matmul path (kernels/attention.py),
 one layer at tiny.yaml's shapes and whole training steps, same run.
 
     python -m benchmarks.attention [--steps 20]   (from the repository root)
@@ -21,7 +21,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from benchmarks.train_step import mean_step_seconds, shapes_batches
-from jf_lightning.models.attention import ATTN_IMPLEMENTATION, matmul_attention
+from jf_lightning.kernels.attention import ATTN_IMPLEMENTATION, matmul_attention
 from jf_lightning.models.masking import packed_attention_mask
 
 
@@ -74,6 +74,7 @@ def main() -> None:
         print(f"{name:13s} layer fwd+bwd: sdpa {sdpa:6.2f} ms, matmul path {ours:6.2f} ms, ratio {ours / sdpa:.2f}x")
     with tempfile.TemporaryDirectory() as tmp:
         batches = shapes_batches(Path(tmp) / "shapes", (30, 62, 8), args.steps + 3)
+    # both with the other CPU kernels on (use_cpu_kernels registers the matmul path), only attention differs
     sdpa = mean_step_seconds(batches, bf16=True, attn_implementation="sdpa")
     ours = mean_step_seconds(batches, bf16=True, attn_implementation=ATTN_IMPLEMENTATION)
     print(f"bf16 training step (tiny.yaml batch): sdpa {sdpa * 1000:6.1f} ms, matmul path {ours * 1000:6.1f} ms, "

@@ -1,6 +1,6 @@
 """The ConvNeXt blocks' 7x7 depthwise conv on CPU, forward + backward, as tiny.yaml's generation
 encoder (128 channels) and decoder (256) run it on a batch's images (8 x 8 maps, fp32, channels-last):
-torch's conv2d (oneDNN's backward) against ``gen_codec._CpuDepthwiseConv`` (a backward made of depthwise
+torch's conv2d (oneDNN's backward) against ``kernels.depthwise_conv``'s (a backward made of depthwise
 forward convs), same run.
 
     python -m benchmarks.depthwise_conv [--repeats 50] [--images 10]   (from the repository root)
@@ -16,7 +16,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from jf_lightning.models.gen_codec import _CpuDepthwiseConv
+from jf_lightning.kernels.depthwise_conv import _DepthwiseConvFunction
 
 
 def median_ms(conv, x: torch.Tensor, grad: torch.Tensor, repeats: int) -> float:
@@ -43,7 +43,7 @@ def main() -> None:
         bias = torch.randn(channels, requires_grad=True)
         grad = torch.randn_like(x)
         torchs = median_ms(partial(F.conv2d, weight=weight, bias=bias, padding=3, groups=channels), x, grad, args.repeats)
-        ours = median_ms(partial(_CpuDepthwiseConv.apply, weight=weight, bias=bias, padding=3), x, grad, args.repeats)
+        ours = median_ms(partial(_DepthwiseConvFunction.apply, weight=weight, bias=bias, padding=3), x, grad, args.repeats)
         print(f"  {args.images} x {channels} x 8 x 8: torch {torchs:.2f} ms, ours {ours:.2f} ms ({ours / torchs:.2f}x)")
 
 

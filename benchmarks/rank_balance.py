@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.train_step import KINDS
 from jf_lightning.data.datamodule import JanusFlowDataModule, PackedBatchStream
-from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.data.sources import SourceConfig
+from jf_lightning.shapes.shards import write_shapes_world
 from jf_lightning.stages import PretrainingStage
 
 WORLD = 2

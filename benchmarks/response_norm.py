@@ -1,6 +1,6 @@
 """The ConvNeXt blocks' GlobalResponseNorm statistic, the L2 norm of each channel over the map, on the
 tiny decoder's hidden map under bf16 (10 images, 8 x 8, 4 x 256 channels, channels-last): as the
-sum of squares that ``ResponseNorm`` computes now, against ``torch.linalg.vector_norm`` (its code
+sum of squares that ``kernels.response_norm.ResponseNorm`` computes, against ``torch.linalg.vector_norm`` (its code
 before), forward + backward, same run.
 
     python -m benchmarks.response_norm [--repeats 50]   (from the repository root)

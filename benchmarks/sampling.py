@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from jf_lightning.metrics.images import generate_images
+from jf_lightning.inference.generate import generate_images
 from jf_lightning.models.config import preset
 from jf_lightning.models.gen_codec import ConvNeXtBlock
 from jf_lightning.models.janusflow import JanusFlow

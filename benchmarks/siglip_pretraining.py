@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jf_lightning.data import shapes_world
-from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.data.sources import ResampledStream, SourceConfig
 from jf_lightning.data.transforms import und_transform
-from jf_lightning.models import siglip_pretraining as sp
 from jf_lightning.models.config import preset
+from jf_lightning.shapes import siglip_pretraining as sp
+from jf_lightning.shapes import world as shapes_world
+from jf_lightning.shapes.shards import write_shapes_world
 
 BATCH = 128
 

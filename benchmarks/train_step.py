@@ -6,7 +6,8 @@ the shapes world, in fp32 and under bf16 autocast (``trainer.precision: bf16-mix
 It writes a small shapes world (32 px, as tiny.yaml) into a temporary directory, so it needs nothing
 else. Prints the mean wall time of forward + backward + optimizer step over the same batches per
 precision, and the bf16 / fp32 ratio. On avx512_bf16 CPUs the matrix products (half of an fp32 step)
-get faster; elsewhere bf16 may be slower.
+get faster; elsewhere bf16 may be slower. The stage runs with ``cpu_kernels=True`` (jf_lightning/kernels),
+as tiny.yaml trains.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 
 from jf_lightning.data.datamodule import JanusFlowDataModule
-from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.data.sources import SourceConfig
+from jf_lightning.shapes.shards import write_shapes_world
 from jf_lightning.stages import PretrainingStage
 
 KINDS = ("und", "gen", "text")
@@ -46,11 +47,14 @@ def shapes_batches(root: Path, mix: tuple[float, float, float], n: int) -> list:
     return list(itertools.islice(iter(dm.train_dataloader()), n))
 
 
-def mean_step_seconds(batches: list, bf16: bool, warmup: int = 3, attn_implementation: str | None = None) -> float:
+def mean_step_seconds(
+    batches: list, bf16: bool, warmup: int = 3, attn_implementation: str | None = None, cpu_kernels: bool = True
+) -> float:
     """A fresh tiny stage (tiny.yaml's loss weights) trained on ``batches``; the first ``warmup`` untimed.
-    ``attn_implementation`` swaps the LLM's attention (a transformers name such as "sdpa")."""
+    ``cpu_kernels`` switches the CPU kernels on (``use_cpu_kernels``); ``attn_implementation`` then swaps the
+    LLM's attention (a transformers name such as "sdpa")."""
     torch.manual_seed(0)
-    stage = PretrainingStage(preset="tiny", lr=2e-3, rf_weight=60.0, repa_weight=60.0)
+    stage = PretrainingStage(preset="tiny", lr=2e-3, rf_weight=60.0, repa_weight=60.0, cpu_kernels=cpu_kernels)
     stage.configure_model()
     if attn_implementation is not None:
         stage.model.language_model.set_attn_implementation(attn_implementation)

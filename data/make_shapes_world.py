@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from jf_lightning.data.shapes_shards import write_shapes_world
+from jf_lightning.shapes.shards import write_shapes_world
 
 
 def main(argv: list[str] | None = None) -> None:

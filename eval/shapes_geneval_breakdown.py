@@ -22,7 +22,9 @@ import torch
 from transformers import AutoTokenizer
 
 from jf_lightning.data.templates import Templater
-from jf_lightning.metrics.breakdown import (
+from jf_lightning.inference.generate import generate_images
+from jf_lightning.inference.prompts import generation_prompt_ids
+from jf_lightning.shapes.breakdown import (
     format_summary,
     held_out_items,
     load_checkpoint_stage,
@@ -30,9 +32,7 @@ from jf_lightning.metrics.breakdown import (
     score_images,
     summarize_outcomes,
 )
-from jf_lightning.metrics.detectors import ShapesDetector
-from jf_lightning.metrics.images import generate_images
-from jf_lightning.metrics.prompting import generation_prompt_ids
+from jf_lightning.shapes.detector import ShapesDetector
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,40 +1,44 @@
 """The ``jf`` command (``python -m jf_lightning``): LightningCLI over the stages and the data module.
 
-``jf fit -c experiments/tiny.yaml`` trains; ``jf validate -c ... --ckpt_path ...`` evaluates;
-``--print_config`` shows the resolved configuration. What the CLI adds to plain LightningCLI:
+- ``fit -c <config>`` trains, ``validate -c <config> --ckpt_path <ckpt>`` evaluates, ``--print_config``
+  shows the resolved configuration;
+- ``prepare -c <config>`` makes the inputs the config lists under ``prepare`` (a generated data set, an
+  encoder pretrained on it); ``fit`` and ``validate`` stop at once, naming the command, while one is
+  missing;
+- ``gradient-balance -c <config> [--ckpt <ckpt>]`` prints each loss's gradient norm per model part.
 
-- the data module's image size and token counts are linked from the model config (one source);
-- ``shapes_world``: the synthetic dataset a config trains on, written on first use if absent;
-- ``siglip_pretraining``: a SigLIP pretrained contrastively on that world, on first use if absent
-  (``models/siglip_pretraining.py``); the model loads it through ``siglip.source``;
-- MLflow by default (a local sqlite store), the experiment named after the config file, the resolved
-  config saved beside the checkpoints and logged to the run (file artifact + flattened params);
-- always-on callbacks: ``checkpoint`` (ModelCheckpoint; its last.ckpt holds the final step), ``ema``
-  (decay 0.99), a learning-rate monitor and a phase timer; a progress bar labelled by the step
-  budget; and one closing line saying where the run and the checkpoint are and where the time went.
+What the CLI adds to plain LightningCLI: the data module's image size and token counts are linked from
+the model config (one source); MLflow by default (a local sqlite store), the experiment named after the
+config file, the resolved config saved beside the checkpoints and logged to the run (file artifact and
+flattened params); always-on callbacks (``checkpoint``, whose last.ckpt holds the final step; ``ema``,
+decay 0.99; a learning-rate monitor; a phase timer); and one closing line saying where the run and the
+checkpoint are and where the time went.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import yaml
-from lightning.fabric.utilities.logger import _flatten_dict
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
 from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
 from jf_lightning.callbacks.ema import EMA
-from jf_lightning.callbacks.phase_timer import PhaseTimer, format_seconds
+from jf_lightning.callbacks.evaluation import run_dir
+from jf_lightning.callbacks.phase_timer import PhaseTimer
 from jf_lightning.callbacks.progress import relabel_default_progress_bar
 from jf_lightning.data.datamodule import JanusFlowDataModule
-from jf_lightning.data.shapes_shards import write_shapes_world
-from jf_lightning.models.siglip_pretraining import SiglipPretrainingConfig, pretrain_siglip
+from jf_lightning.inputs import PreparedInput, UserInputError, check_ready
+from jf_lightning.stages import gradient_balance
 from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits, resolve_config
 
 AUTO = "auto"
@@ -52,13 +56,15 @@ def _model_sizes(preset: str, ablation: str | None, overrides: dict | None) -> d
     }
 
 
-def run_dir(trainer) -> Path:
-    """The directory Lightning's ModelCheckpoint uses for this run, without its ``checkpoints``."""
-    logger = trainer.logger
-    if logger is None:
-        return Path(trainer.default_root_dir)
-    root = logger.save_dir or trainer.default_root_dir
-    return Path(root, str(logger.name), str(logger.version))
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"init_args": {"lr": 1}}}`` -> ``{"model.init_args.lr": 1}`` (MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class SaveConfigToRun(SaveConfigCallback):
@@ -77,12 +83,12 @@ class SaveConfigToRun(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 logger.experiment.log_artifact(logger.run_id, str(path))
-            logger.log_hyperparams(_flatten_dict(yaml.safe_load(text) or {}, delimiter="."))
+            logger.log_hyperparams(flatten(yaml.safe_load(text) or {}))
 
 
 class JanusFlowCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs):
-        self.prepare_seconds: float | None = None  # set by before_fit, read by the closing line
+        self.configured_model_args: dict[str, Any] = {}  # before --ckpt_path replaced them
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
         kwargs.setdefault("trainer_defaults", {
             "default_root_dir": DEFAULT_ROOT_DIR,
@@ -108,16 +114,10 @@ class JanusFlowCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_argument(
-            "--shapes_world", type=dict[str, Any] | None, default=None,
-            help="Keyword arguments of data.shapes_shards.write_shapes_world (out_dir, seed, train_samples, "
-            "val_samples, image_size, samples_per_shard): the shapes world is written there before "
-            "fit/validate if absent (a directory with the same manifest is reused as is).",
-        )  # fmt: skip
-        parser.add_argument(
-            "--siglip_pretraining", type=dict[str, Any] | None, default=None,
-            help="out_dir plus the fields of models.siglip_pretraining.SiglipPretrainingConfig (world, "
-            "preset, steps, batch_size, lr, ...): a SigLIP is pretrained there before fit/validate if "
-            "absent; point model.init_args.overrides['siglip.source'] at the same out_dir.",
+            "--prepare", type=list[PreparedInput], default=[],
+            help="Inputs this config makes for itself (a generated data set, an encoder pretrained on it), "
+            "in order: `python -m jf_lightning prepare -c <config>` makes them; fit and validate refuse to "
+            "start while one is missing.",
         )  # fmt: skip
         model_keys = tuple(f"model.init_args.{k}" for k in ("preset", "ablation", "overrides"))
         for key in ("image_size", "num_und_tokens", "num_gen_tokens"):
@@ -125,36 +125,39 @@ class JanusFlowCLI(LightningCLI):
                 model_keys, f"data.{key}", compute_fn=lambda p, a, o, key=key: _model_sizes(p, a, o)[key]
             )
 
-    def _parse_ckpt_path(self) -> None:
-        # With --ckpt_path, LightningCLI replaces the model's init arguments by the checkpoint's
-        # hyperparameters, so a value changed for the resumed run would be dropped without a word.
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        configured = _model_init_args(self.config[subcommand]) if subcommand else {}
-        super()._parse_ckpt_path()
-        if not configured:
-            return
-        resumed = _model_init_args(self.config[subcommand])
-        for key in sorted(k for k in configured if configured[k] != resumed.get(k)):
-            warnings.warn(
-                f"--ckpt_path {self.config[subcommand].ckpt_path}: model.init_args.{key} is "
-                f"{resumed.get(key)!r} from the checkpoint, not {configured[key]!r} as configured "
-                "(a resumed run keeps its hyperparameters; start a new run to change it)",
-                stacklevel=1,
-            )
+        self.configured_model_args = _model_init_args(self.config[subcommand]) if subcommand else {}
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self._warn_replaced_model_args(config)
         logger = config.trainer.logger
         if isinstance(logger, dict) or not hasattr(logger, "class_path"):
             return
         if logger.class_path.endswith("MLFlowLogger"):
             args = logger.init_args
             if args.experiment_name == AUTO:
-                files = [Path(str(c)) for c in (config.get("config") or [])]
-                args.experiment_name = files[0].stem if files else "jf_lightning"
+                args.experiment_name = config_stem(config)
             if args.run_name is None:
                 stage = config.model.class_path.rsplit(".", 1)[-1]
                 args.run_name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def _warn_replaced_model_args(self, config) -> None:
+        # With --ckpt_path, LightningCLI replaces the model's init arguments by the checkpoint's
+        # hyperparameters, so a value changed for the resumed run would be dropped without a word.
+        if not config.get("ckpt_path"):
+            return
+        resumed = _model_init_args(config)
+        configured = self.configured_model_args
+        for key in sorted(k for k in configured if configured[k] != resumed.get(k)):
+            warnings.warn(
+                f"--ckpt_path {config.ckpt_path}: model.init_args.{key} is {resumed.get(key)!r} from the "
+                f"checkpoint, not {configured[key]!r} as configured (a resumed run keeps its "
+                "hyperparameters; start a new run to change it)",
+                stacklevel=1,
+            )
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
@@ -163,21 +166,33 @@ class JanusFlowCLI(LightningCLI):
         relabel_default_progress_bar(trainer)
         return trainer
 
+    def prepared_inputs(self) -> list[PreparedInput]:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        return list(config.get("prepare") or [])
+
+    def prepare_command(self) -> str:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        files = " ".join(f"-c {c}" for c in config.get("config") or [])
+        return f"python -m jf_lightning prepare {files}".strip()
+
     def before_fit(self) -> None:
         config = self.config[self.subcommand]
-        # Said now, not at configure_optimizers after minutes of writing inputs.
-        init_args = _model_init_args(config)
-        check_cooldown_fits(init_args.get("cooldown_steps") or 0, config.trainer.max_steps)
-        start = time.perf_counter()
-        if prepare_inputs(config):
-            self.prepare_seconds = time.perf_counter() - start
+        # Said now, before any input is checked or any model is built.
+        check_cooldown_fits(_model_init_args(config).get("cooldown_steps") or 0, config.trainer.max_steps)
+        check_ready(self.prepared_inputs(), self.prepare_command())
 
     def before_validate(self) -> None:
-        prepare_inputs(self.config[self.subcommand])
+        check_ready(self.prepared_inputs(), self.prepare_command())
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
-            print(run_summary(self.trainer, self.prepare_seconds))
+            print(run_summary(self.trainer))
+
+
+def config_stem(config) -> str:
+    """The stem of the first config file (the experiment's name), or ``jf_lightning``."""
+    files = [Path(str(c)) for c in (config.get("config") or [])]
+    return files[0].stem if files else "jf_lightning"
 
 
 def _model_init_args(config) -> dict[str, Any]:
@@ -186,38 +201,18 @@ def _model_init_args(config) -> dict[str, Any]:
     return init_args.as_dict() if init_args is not None else {}
 
 
-def prepare_inputs(config) -> bool:
-    """Write what the config generates for itself, if absent: the shapes world, then the SigLIP
-    pretrained on it. Both are idempotent (a directory holding the same thing is left untouched).
-    Returns whether the config asks for any such input."""
-    if config.get("shapes_world"):
-        write_shapes_world(**dict(config.shapes_world))
-    if config.get("siglip_pretraining"):
-        spec = dict(config.siglip_pretraining)
-        if "out_dir" not in spec:
-            raise ValueError("siglip_pretraining: out_dir is required (where the pretrained SigLIP goes)")
-        out_dir = spec.pop("out_dir")
-        try:
-            pretraining = SiglipPretrainingConfig(**spec)
-        except TypeError as err:
-            raise ValueError(f"siglip_pretraining: {err}") from None
-        pretrain_siglip(out_dir, pretraining)
-    return bool(config.get("shapes_world") or config.get("siglip_pretraining"))
-
-
-def run_summary(trainer, prepare_seconds: float | None = None) -> str:
+def run_summary(trainer) -> str:
     """One line: where the MLflow run and the last checkpoint are, how to open them, and where the
-    time went (inputs written before fit, training steps, validation)."""
+    time went (training steps, validation)."""
     parts = []
     logger = trainer.logger
     if isinstance(logger, MLFlowLogger):
-        uri = logger._tracking_uri
+        uri = mlflow.get_tracking_uri()  # the logger set it; relative sqlite paths made absolute below
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
-        parts.append(f"MLflow run {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}; "
+        name = logger.experiment.get_experiment(logger.experiment_id).name
+        parts.append(f"MLflow run {logger.run_id} (experiment {name!r}) in {uri}; "
                      f"open with: mlflow ui --backend-store-uri {uri}")  # fmt: skip
-    if prepare_seconds is not None:
-        parts.append(f"inputs prepared in {format_seconds(prepare_seconds)}")
     timers = [cb for cb in trainer.callbacks if isinstance(cb, PhaseTimer) and cb.fit_seconds]
     if timers:
         parts.append(timers[0].summary())
@@ -227,10 +222,45 @@ def run_summary(trainer, prepare_seconds: float | None = None) -> str:
     return "; ".join(parts)
 
 
-def main(args: Any = None) -> None:
+def prepare(args: list[str]) -> None:
+    """``prepare -c <config> ...``: make the config's ``prepare`` inputs, in order (nothing else is
+    built or run; the whole config is still parsed, so a broken one is refused here too)."""
+    cli = JanusFlowCLI(args=[*args, "--trainer.logger=false"], run=False)
+    inputs = cli.prepared_inputs()
+    start = time.perf_counter()
+    for item in inputs:
+        item.prepare()
+    print(f"{len(inputs)} input(s) ready in {time.perf_counter() - start:.0f} s: "
+          + (", ".join(str(item.path) for item in inputs) or "the config lists none under `prepare`"))  # fmt: skip
+
+
+def measure_gradient_balance(args: list[str]) -> None:
+    """``gradient-balance -c <config> [--ckpt <ckpt>] [--batches N]``: the stage and data exactly as
+    ``fit -c <config>`` builds them (no logger, no run), then :mod:`jf_lightning.stages.gradient_balance`."""
+    parser = argparse.ArgumentParser(prog="jf gradient-balance", description=gradient_balance.__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--config", action="append", required=True, help="experiment YAML (repeatable)")
+    parser.add_argument("--ckpt", help="Lightning checkpoint to measure (default: the fresh init)")
+    parser.add_argument("--batches", type=int, default=4, help="training batches to average over")
+    known = parser.parse_args(args)
+    cli = JanusFlowCLI(args=[*(a for c in known.config for a in ("-c", c)), "--trainer.logger=false"], run=False)
+    check_ready(cli.prepared_inputs(), cli.prepare_command())
+    print(gradient_balance.report(cli.model, cli.datamodule, known.ckpt, known.batches))
+
+
+COMMANDS = {"prepare": prepare, "gradient-balance": measure_gradient_balance}
+
+
+def main(args: list[str] | None = None) -> None:
     # Frozen parts are in eval mode on purpose (the stage's freeze policy): not worth a warning.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    JanusFlowCLI(args=args)
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv and argv[0] in COMMANDS:
+            COMMANDS[argv[0]](argv[1:])
+        else:
+            JanusFlowCLI(args=args)
+    except UserInputError as err:
+        sys.exit(f"jf_lightning: error: {err}")
 
 
 if __name__ == "__main__":

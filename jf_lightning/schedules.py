@@ -1,5 +1,6 @@
-"""Piecewise-constant schedules by optimizer step: the und:gen:text ratio (``data/mixing.py``) and the
-flow-time mean (``stages/base.py``) both switch value at a list of start steps beginning at 0."""
+"""Schedules by optimizer step: the learning-rate factor (warm-up, constant, optional linear cool-down),
+and the piecewise-constant lookups that the und:gen:text ratio (``data/mixing.py``) and the flow-time
+mean (``stages/base.py``) share: both switch value at a list of start steps beginning at 0."""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def segment_at(starts: Sequence[int], step: int) -> int:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     return bisect_right(starts, step) - 1
+
+
+def lr_factor(step: int, warmup: int, total: int = 0, cooldown: int = 0) -> float:
+    """Multiplier of the peak lr before optimizer step ``step`` (0-based): a linear warm-up from
+    1/warmup (no wasted zero-lr step), then constant (Table 1), then, with ``cooldown`` > 0, a linear
+    fall over the last ``cooldown`` of ``total`` steps to 1/cooldown at the last one."""
+    factor = min(1.0, (step + 1) / warmup)
+    if cooldown:
+        factor = min(factor, (total - step) / cooldown)
+    return max(factor, 0.0)

@@ -17,7 +17,7 @@ from jf_lightning.stages.base import resolve_config
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 TINY = EXPERIMENTS / "tiny.yaml"
-# Files under experiments/<group>/ are partial configs of that CLI group (e.g. trainer/cpu.yaml).
+# Files under experiments/<group>/ are partial configs of that CLI group (e.g. trainer/<preset>.yaml).
 GROUPS = {"trainer", "model", "data"}
 
 
@@ -74,9 +74,9 @@ def test_model_sizes_are_linked_into_the_data_module():
 
 def test_experiment_named_after_the_config_file_and_summary_line():
     cli = JanusFlowCLI(args=["-c", str(TINY)], run=False)
-    logger = cli.trainer.logger
-    assert logger._experiment_name == "tiny"
-    assert logger._tracking_uri == "sqlite:///mlflow.db"
+    logger = cli.config.trainer.logger.init_args
+    assert logger.experiment_name == "tiny"
+    assert logger.tracking_uri == "sqlite:///mlflow.db"
     assert cli.model.model is None  # the model is built in configure_model, not at instantiation
     line = run_summary(cli.trainer)
     assert "mlflow ui --backend-store-uri sqlite:////" in line and "checkpoint:" in line and "\n" not in line
@@ -101,9 +101,9 @@ def test_progress_bar_names_the_step_budget_not_epoch_minus_two():
     bar = cli.trainer.progress_bar_callback
     bar.setup(cli.trainer, cli.model, "fit")
     cli.trainer.fit_loop.max_epochs = -1  # what fit sets for a run bounded by max_steps alone
-    assert bar._get_train_description(0).strip() == "Training (40 steps)"
+    assert bar.step_budget_description().strip() == "Training (40 steps)"
     cli.trainer.fit_loop.max_epochs = 3
-    assert bar._get_train_description(1).strip() == "Epoch 1/2"  # epoch-bounded runs keep Lightning's label
+    assert bar.step_budget_description() is None  # epoch-bounded runs keep Lightning's label
 
 
 class ParseOnlyCLI(JanusFlowCLI):
@@ -128,7 +128,24 @@ def test_resuming_warns_for_each_model_argument_the_checkpoint_replaces(tmp_path
     assert not [w for w in seen if "cooldown_steps" in str(w.message)]  # unchanged: nothing to say
 
 
-def test_a_cooldown_longer_than_max_steps_is_refused_before_the_inputs_are_written(tmp_path):
+def test_fit_on_missing_inputs_is_one_line_naming_the_prepare_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(TINY)])
+    assert str(exit_info.value) == (
+        "jf_lightning: error: data/shapes is missing (ShapesWorld of the config's `prepare` list): "
+        f"make it first with `python -m jf_lightning prepare -c {TINY}`"
+    )
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # no run was created
+
+
+def test_a_misspelt_prepare_setting_is_refused_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "-c", str(TINY), "--prepare.init_args.train_sampels=8"])
+    assert "train_sampels" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_cooldown_longer_than_max_steps_is_refused_before_the_inputs_are_checked(tmp_path):
     cli = ParseOnlyCLI(args=["fit", "-c", str(TINY), "--trainer.max_steps=100", "--trainer.logger=false"])
     with pytest.raises(ValueError, match="cooldown_steps 800 needs trainer.max_steps >= it \\(max_steps is 100\\)"):
         cli.before_fit()

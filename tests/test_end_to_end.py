@@ -1,6 +1,6 @@
-"""The embedded default, end to end: ``python -m jf_lightning fit -c experiments/tiny.yaml`` for a few
-steps on a small shapes world, then ``validate`` from its checkpoint; the MLflow store holds both runs
-with their metrics, params and the config artifact."""
+"""The embedded default, end to end: ``prepare`` then ``fit -c experiments/tiny.yaml`` for a few steps
+on a small shapes world, then ``validate`` from its checkpoint; the MLflow store holds both runs with
+their metrics, params and the config artifact."""
 
 from __future__ import annotations
 
@@ -14,9 +14,16 @@ import pytest
 from mlflow import MlflowClient
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
-# Cheaper evaluation callbacks than tiny.yaml's (a second -c replaces the trainer.callbacks list); the
-# autoguide snapshot at step 2 is used by the validation at step 3 and restored by validate.
+# A smaller world and SigLIP and cheaper evaluation callbacks than tiny.yaml's (a second -c replaces the
+# prepare and trainer.callbacks lists); the autoguide snapshot at step 2 is used by the validation at
+# step 3 and restored by validate.
 SMALL = """
+prepare:
+  - class_path: jf_lightning.shapes.prepare.ShapesWorld
+    init_args: {out_dir: data/shapes, train_samples: 64, val_samples: 16, image_size: 32, image_after_question: 1.0,
+                question_mix: {caption: 1, color: 3, count: 1, shape: 1, position: 1}}
+  - class_path: jf_lightning.shapes.prepare.ShapesSiglip
+    init_args: {out_dir: data/shapes-siglip, world: data/shapes, steps: 2, batch_size: 8, dense_weight: 1.0}
 trainer:
   callbacks:
     - class_path: jf_lightning.callbacks.autoguidance.Autoguidance
@@ -24,14 +31,19 @@ trainer:
     - class_path: jf_lightning.callbacks.sample_grid.SampleGridCallback
       init_args: {every_n_steps: 1000, prompts: [a photo of a red circle], seeds: [0], steps: 2}
     - class_path: jf_lightning.callbacks.understanding.UnderstandingAccuracyCallback
-      init_args: {n_questions: 2, max_new_tokens: 2}
-    - class_path: jf_lightning.callbacks.geneval.ShapesGenEvalCallback
-      init_args: {n_per_task: 1, steps: 2}
+      init_args:
+        questions: {class_path: jf_lightning.shapes.evaluation.ShapesHeldOutQuestions, init_args: {n_questions: 2}}
+        max_new_tokens: 2
+    - class_path: jf_lightning.callbacks.geneval.GenEvalCallback
+      init_args:
+        prompts: {class_path: jf_lightning.shapes.evaluation.ShapesGenEvalPrompts, init_args: {n_per_task: 1}}
+        detector: jf_lightning.shapes.detector.ShapesDetector
+        prefix: val/shapes_geneval
+        steps: 2
 """
 OVERRIDES = [
-    "--shapes_world.train_samples=64", "--shapes_world.val_samples=16", "--trainer.max_steps=3",
-    "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1", "--data.val_batches=1",
-    "--checkpoint.every_n_train_steps=2", "--siglip_pretraining.steps=2", "--siglip_pretraining.batch_size=8",
+    "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1",
+    "--data.val_batches=1", "--checkpoint.every_n_train_steps=2",
     "--trainer.devices=1", "--trainer.strategy=auto",  # tiny.yaml trains on 2 DDP processes; that test is below
     "--model.init_args.cooldown_steps=2",  # tiny.yaml's last 800 of 3,300 steps, scaled to these 3
 ]  # fmt: skip
@@ -39,7 +51,7 @@ OVERRIDES = [
 # hold step 3, or validate below would not reproduce the fit run's last validation.
 
 
-def jf(cwd: Path, *args: str) -> str:
+def jf(cwd: Path, *args: str, returncode: int = 0) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
         [sys.executable, "-m", "jf_lightning", *args],
@@ -50,22 +62,29 @@ def jf(cwd: Path, *args: str) -> str:
         timeout=900,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done.stdout
+    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout + done.stderr
 
 
 @pytest.mark.slow
 def test_fit_then_validate_logs_to_mlflow(tmp_path):
     (tmp_path / "small.yaml").write_text(SMALL)
-    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES)
-    assert (tmp_path / "data" / "shapes" / "manifest.json").is_file()  # written on first use
+    # fit never writes its inputs: it names the missing one and the command that makes it, in one line
+    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES, returncode=1)
+    assert out.strip().splitlines()[-1] == (
+        f"jf_lightning: error: data/shapes is missing (ShapesWorld of the config's `prepare` list): make it "
+        f"first with `python -m jf_lightning prepare -c {TINY} -c small.yaml`"
+    )
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
+    jf(tmp_path, "prepare", "-c", str(TINY), "-c", "small.yaml")
+    assert (tmp_path / "data" / "shapes" / "manifest.json").is_file()
     assert (tmp_path / "data" / "shapes-siglip" / "pretraining.json").is_file()  # and the SigLIP it loads
+    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES)
     summary = next(line for line in out.splitlines() if line.startswith("MLflow run "))
     run_id = re.search(r"MLflow run (\w+)", summary).group(1)
     ckpt = re.search(r"checkpoint: (\S+)", summary).group(1)
     assert Path(ckpt).is_file() and Path(ckpt).name == "last.ckpt"
     assert Path(ckpt).parent.parent == tmp_path / "mlruns" / "1" / run_id  # beside MLflow's artifacts/
-    assert "inputs prepared in" in summary  # the config writes a world and a SigLIP: their time is reported
     assert re.search(r"fit [\w ]+: 3 steps in [\w ]+ \(\d+ ms/step\), validation", summary), summary
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -86,7 +105,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
 
     # evaluating a checkpoint on more prompts (README): the override reaches the last callback, GenEval
     jf(tmp_path, "validate", "-c", str(TINY), "-c", "small.yaml", *OVERRIDES, f"--ckpt_path={ckpt}",
-       "--trainer.callbacks.init_args.n_per_task=2")  # fmt: skip
+       "--trainer.callbacks.init_args.prompts.init_args.n_per_task=2")  # fmt: skip
     runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
     assert len(runs) == 2 and runs[0].info.run_id != run_id
     # the checkpoint restores the weights fit validated with (the EMA): same noise, same losses
@@ -100,6 +119,7 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
 def test_fit_on_two_ddp_processes(tmp_path):
     # The same config on 2 CPU processes (DDP over gloo): one MLflow run, logged by rank 0 alone.
     (tmp_path / "small.yaml").write_text(SMALL)
+    jf(tmp_path, "prepare", "-c", str(TINY), "-c", "small.yaml")
     overrides = [o for o in OVERRIDES if not o.startswith(("--data.val_batches", "--trainer.devices", "--trainer.strategy"))]
     out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *overrides, "--data.val_batches=2",
              "--trainer.strategy=ddp", "--trainer.devices=2")  # fmt: skip

@@ -49,7 +49,8 @@ class Autoguidance(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(snapshot_step=self.snapshot_step)
+        # the format of Lightning's own keys (e.g. ModelCheckpoint's), as in the checkpoints written so far
+        return type(self).__qualname__ + repr({"snapshot_step": self.snapshot_step})
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):

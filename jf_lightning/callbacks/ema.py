@@ -1,19 +1,26 @@
 """EMA of the weights (decay 0.99, as the paper), used for validation, sampling and the checkpoint.
 
-Built on Lightning's ``WeightAveraging`` rather than an own callback: it already swaps the averaged
-weights in for validation, writes them as the checkpoint's ``state_dict`` (the live weights go to
-``current_model_state``) and restores both on resume, which is the part that is easy to get wrong.
-This subclass changes four things:
+An exponential moving average of the trainable weights samples and scores better than the live weights
+of the same step, so everything that judges the model judges the average:
 
-- only trainable parameters are averaged and stored twice: frozen ones (the VAE, a frozen LLM or
-  SigLIP) are shared with the live model, since their average is themselves;
-- the copy lives on the training device (the base class picks the module's device at ``setup``,
-  which is still the CPU, so every update would cross the bus);
-- the averaged weights stay swapped in until ``on_validation_end``, so every callback's
-  ``on_validation_epoch_end`` (sample grids, GenEval) sees them; ModelCheckpoint, which Lightning always
-  runs last, still saves the live weights as the live ones;
-- ``decay: null`` turns it off, and sharded strategies are refused (WeightAveraging deep-copies the
-  whole module; a sharded EMA is future work).
+- after every optimizer step the average moves towards the live weights by ``1 - decay``, exactly as
+  ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)`` does (the first update
+  copies the live weights, later ones are one ``lerp`` per device and dtype);
+- only trainable parameters (``requires_grad`` when fit starts) get an average: frozen ones (the VAE,
+  a frozen LLM or SigLIP) average to themselves, so they are neither copied nor swapped;
+- the averages live on the training device, where every update and swap stays;
+- validation runs on the averages: they are swapped in at ``on_validation_epoch_start`` and out at
+  ``on_validation_end``, so every callback's ``on_validation_epoch_end`` (sample grids, GenEval) sees
+  them, and ModelCheckpoint, which Lightning runs last, sees the live weights again;
+- a checkpoint's ``state_dict`` holds the averages, so ``validate``/``test`` on it score the EMA
+  without this callback; the live weights go to ``current_model_state`` and the update counters to
+  the callback's state, so resuming a fit restores both exactly. Checkpoints that Lightning's
+  ``WeightAveraging`` wrote under this callback's state key (they keep the update count in
+  ``averaging_state``) resume the same way;
+- at the end of fit the averages are copied into the model.
+
+``decay: null`` turns it off. Sharded strategies are refused: the averages would need the same
+sharding as the parameters.
 """
 
 from __future__ import annotations
@@ -24,103 +31,181 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
-def _skip_shared(update):
-    """Wrap a multi-tensor average so it ignores pairs that are one tensor (shared frozen params)."""
-
-    def average(ema: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
-        pairs = [(e, c) for e, c in zip(ema, current) if e.data_ptr() != c.data_ptr()]
-        if pairs:
-            update([e for e, _ in pairs], [c for _, c in pairs], n)
-
-    return average
-
-
-def share_frozen_parameters(copy: torch.nn.Module, live: torch.nn.Module) -> None:
-    """Point every frozen parameter of ``copy`` at the same Parameter of ``live`` (same structure)."""
-    for name, param in live.named_parameters():
-        if not param.requires_grad:
-            owner, _, leaf = name.rpartition(".")
-            setattr(copy.get_submodule(owner), leaf, param)
-
-
-class EMA(WeightAveraging):
+class EMA(Callback):
     """Exponential moving average of the trainable weights, updated after every optimizer step."""
 
     def __init__(self, decay: float | None = 0.99, device: str | None = None):
         """
         Args:
             decay: EMA decay per optimizer step (the paper: 0.99); null turns the EMA off.
-            device: Where the averaged copy lives (default: the training device).
+            device: Where the averages live (default: the training device).
         """
-        ema = get_ema_multi_avg_fn(decay) if decay is not None else None
-        super().__init__(device=device, use_buffers=False, multi_avg_fn=_skip_shared(ema) if ema else None)
         self.decay = decay
-        self._swapped = False
+        self.device = torch.device(device) if isinstance(device, str) else device
+        # raises for a decay outside [0, 1]
+        self._average_fn = get_ema_multi_avg_fn(decay) if decay is not None else None
+        # parameter name -> its average; empty while off, and outside a fit
+        self._averages: dict[str, torch.Tensor] = {}
+        self.n_averaged = 0  # updates so far (AveragedModel's n_averaged): the first one copies
+        self.latest_update_step = 0  # trainer.global_step at the last update
+        self._swapped = False  # the model holds the averages and the averages the live weights
+        self._swapped_for_validation = False
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
+    @property
+    def active(self) -> bool:
+        """Whether averages are kept (a fit with a decay set up this callback)."""
+        return bool(self._averages)
+
+    @property
+    def swapped(self) -> bool:
+        """Whether the model currently holds the averages (see :meth:`swap`)."""
+        return self._swapped
+
+    @property
+    def averages(self) -> dict[str, torch.Tensor]:
+        """The averaged value of every trainable parameter, by its name in the LightningModule."""
+        return self._averages
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._averages, self.n_averaged = {}, 0
+        self._swapped = self._swapped_for_validation = False
         if stage != "fit" or self.decay is None:
             return
         if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
             raise NotImplementedError(
                 "EMA cannot average sharded parameters yet: set ema.decay: null with FSDP"
             )
-        pl_module.configure_model()  # idempotent in our stages; the model must exist to be copied
-        self._average_model = AveragedModel(pl_module, use_buffers=False, **self._kwargs)
-        share_frozen_parameters(self._average_model.module, pl_module)
-        device = self._device or trainer.strategy.root_device
-        for name, param in self._average_model.module.named_parameters():
-            if param.requires_grad:  # the copy's own (trainable) tensors; shared ones move with the model
-                param.data = param.data.to(device)
-                param.requires_grad_(False)  # the copy never receives gradients
+        pl_module.configure_model()  # idempotent in our stages; the parameters must exist to be averaged
+        device = self.device or trainer.strategy.root_device
+        with torch.no_grad():
+            self._averages = {
+                name: torch.empty_like(param, device=device).copy_(param)
+                for name, param in pl_module.named_parameters()
+                if param.requires_grad
+            }
 
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return self.decay is not None and step_idx is not None
+    def _pairs(self, pl_module: pl.LightningModule) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(average, live parameter) for every averaged parameter, in the module's order."""
+        params = dict(pl_module.named_parameters())
+        for name, average in self._averages.items():
+            yield average, params[name].detach()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._average_model is not None:
-            super().on_train_end(trainer, pl_module)
+    @torch.no_grad()
+    def update(self, pl_module: pl.LightningModule) -> None:
+        """Move the averages towards the live weights (the first update copies them)."""
+        pairs = list(self._pairs(pl_module))
+        if self.n_averaged == 0:
+            for average, live in pairs:
+                average.copy_(live)
+        else:
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+            for average, live in pairs:
+                averages, lives = groups.setdefault((average.device, average.dtype), ([], []))
+                averages.append(average)
+                lives.append(live.to(average.device))
+            for averages, lives in groups.values():
+                self._average_fn(averages, lives, self.n_averaged)
+        self.n_averaged += 1
+
+    @torch.no_grad()
+    def swap(self, pl_module: pl.LightningModule) -> None:
+        """Exchange the model's trainable weights with the averages; a second call swaps them back."""
+        for average, live in self._pairs(pl_module):
+            held = average.clone()
+            average.copy_(live)
+            live.copy_(held)
+        self._swapped = not self._swapped
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # once per optimizer step (with gradient accumulation, batches between steps do not update)
+        if self.active and trainer.global_step > self.latest_update_step:
+            self.update(pl_module)
+            self.latest_update_step = trainer.global_step
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self._average_model is not None and not self._swapped:
-            self._swap_models(pl_module)
-            self._swapped = True
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        pass  # swapped back in on_validation_end, after every callback's epoch-end hook
+        if self.active and not self._swapped:
+            self.swap(pl_module)
+            self._swapped_for_validation = True
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._swapped:
-            self._swap_models(pl_module)
-            self._swapped = False
+        # not at the validation epoch end: every callback's on_validation_epoch_end sees the averages
+        if self._swapped_for_validation:
+            self.swap(pl_module)
+            self._swapped_for_validation = False
+
+    @torch.no_grad()
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.active and not self._swapped:
+            for average, live in self._pairs(pl_module):
+                live.copy_(average)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"latest_update_step": self.latest_update_step, "n_averaged": self.n_averaged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.latest_update_step = state_dict["latest_update_step"]
+        # WeightAveraging's checkpoints keep n_averaged in "averaging_state", read by on_load_checkpoint
+        self.n_averaged = int(state_dict.get("n_averaged", self.n_averaged))
+
+    def _state_dict_keys(self, pl_module: pl.LightningModule) -> dict[str, str]:
+        """state_dict key -> averaged parameter name, tied parameters' other names included."""
+        averaged = set(self._averages)
+        canonical = {id(p): name for name, p in pl_module.named_parameters() if name in averaged}
+        return {
+            key: canonical[id(p)]
+            for key, p in pl_module.named_parameters(remove_duplicate=False)
+            if id(p) in canonical
+        }
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if self._average_model is not None:
-            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if not self.active:
+            return  # off, or outside fit, where the model holds the weights it was loaded with
+        module_state = checkpoint["state_dict"]
+        other = dict(module_state)  # what the averages hold: normally the EMA, the live weights when swapped
+        for key, name in self._state_dict_keys(pl_module).items():
+            if key in other:
+                other[key] = self._averages[name]
+        averaged, live = (module_state, other) if self._swapped else (other, module_state)
+        checkpoint["state_dict"], checkpoint["current_model_state"] = averaged, live
 
+    @torch.no_grad()
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # Outside fit the checkpoint's state_dict already holds the averaged weights: nothing to do.
-        if self._average_model is not None:
-            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # Outside fit the checkpoint's state_dict already holds the averages: nothing to do.
+        if not self.active:
+            return
+        # Lightning has loaded the checkpoint's state_dict (the averages, if it had an EMA) into the model
+        averaged = checkpoint["state_dict"]
+        with_ema = "current_model_state" in checkpoint
+        keys = self._state_dict_keys(pl_module)
+        missing = [key for key, name in keys.items() if key not in averaged] if with_ema else []
+        if missing:
+            raise RuntimeError(f"the checkpoint's EMA lacks trained parameters: {missing[:5]}")
+        for key, name in keys.items():
+            if key in averaged:
+                self._averages[name].copy_(averaged[key])
+        if with_ema:
+            pl_module.load_state_dict(checkpoint["current_model_state"])
+            if "averaging_state" in checkpoint:  # written by Lightning's WeightAveraging
+                self.n_averaged = int(checkpoint["averaging_state"]["n_averaged"])
+        # A checkpoint without an EMA starts the averages at its weights; the first update copies anyway.
 
 
 @contextlib.contextmanager
 def averaged_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
-    """Outside validation: swap the weight-averaging callbacks' averages in, and back out after.
+    """The EMA weights in the model for the duration, and the live ones back after.
 
-    (During validation the EMA callback has already swapped them in, and keeps them in until
-    ``on_validation_end``, after every callback's ``on_validation_epoch_end``.)"""
-    swappers = [
-        cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging) and cb._average_model is not None
-    ]
+    During validation the EMA callback has already swapped them in (and keeps them until
+    ``on_validation_end``, after every callback's ``on_validation_epoch_end``): then nothing changes."""
+    swappers = [cb for cb in trainer.callbacks if isinstance(cb, EMA) and cb.active and not cb.swapped]
     for cb in swappers:
-        cb._swap_models(pl_module)  # swapping twice restores: the only public-free way in
+        cb.swap(pl_module)
     try:
         yield
     finally:
         for cb in reversed(swappers):
-            cb._swap_models(pl_module)
+            cb.swap(pl_module)

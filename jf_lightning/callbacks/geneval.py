@@ -1,14 +1,11 @@
-"""GenEval on the shapes world at the end of every validation epoch.
+"""GenEval at the end of every validation epoch: one image per prompt of a GenEval prompt set, scored
+by a detector and GenEval's rules.
 
-One image per GenEval-format spec of the shapes world (``geneval_eval_specs``: a fixed prompt set with
-its own random stream), scored by a detector and GenEval's rules. Logged: ``val/shapes_geneval/<task>``
-for the six tasks, ``val/shapes_geneval/overall``, their mean (GenEval's "average over tasks"), and
-``val/shapes_geneval/empty``: the share of images, over all tasks, in which the detector found no object,
-and ``val/shapes_geneval/count_bias``: the mean over all images of (objects detected - objects the prompt
-asks for). Why these two: on the demo's generator an empty canvas (the object fades away within the
-first few sampler steps) was 19 of the 28 failures on colour prompts, and it draws about one object
-more or fewer than a prompt asks for, of which the empties are the low tail; no task score names
-either (experiments/tiny.md).
+Logged under ``prefix`` (``val/geneval`` by default): ``<task>`` for each task, ``overall``, their mean
+(GenEval's "average over tasks"), ``empty``, the share of images in which the detector found no object,
+and ``count_bias``, the mean over all images of (objects detected - objects the prompt asks for). The
+last two name failures no task score does: a generator that loses its object in the first sampler
+steps, or draws one object more or fewer than asked.
 """
 
 from __future__ import annotations
@@ -21,67 +18,62 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from jf_lightning.callbacks.sample_grid import (
+from jf_lightning.callbacks.evaluation import (
     evaluation_mode,
     gather_rows,
     rank_share,
     render_prompts,
     templater_for,
 )
-from jf_lightning.data.shapes_world import geneval_eval_specs
 from jf_lightning.data.templates import TemplateStyle
-from jf_lightning.metrics.detectors import Detector, ShapesDetector
-from jf_lightning.metrics.geneval import GenEvalOptions, evaluate_image, summarize
-from jf_lightning.metrics.images import resize_images
-
-PREFIX = "val/shapes_geneval"
+from jf_lightning.inference.images import resize_images
+from jf_lightning.metrics.geneval import Detector, GenEvalOptions, GenEvalPrompts, evaluate_image, summarize
 
 
-class ShapesGenEvalCallback(Callback):
-    """Scores the model (the EMA weights, which the EMA callback swaps in for validation) on
-    ``6 * n_per_task`` shapes-world GenEval prompts; every rank draws a disjoint share.
-
-    ``detector``: anything with ``detect(image) -> list[Detection]`` (default :class:`ShapesDetector`);
-    GenEval's Mask2Former + CLIP colours can plug in the same way for real images. ``image_size``:
-    resize generated images to this before detection (None: as generated). Image ``i`` of the prompt
-    set uses noise seed ``seed + i``, so scores do not depend on the number of ranks or the batch size.
+class GenEvalCallback(Callback):
+    """Scores the model (the EMA weights, which the EMA callback swaps in for validation) on a GenEval
+    prompt set; every rank draws a disjoint share. Image ``i`` of the set uses noise seed ``seed + i``,
+    so scores do not depend on the number of ranks or the batch size.
     """
 
     def __init__(
         self,
-        n_per_task: int = 8,
+        prompts: GenEvalPrompts,
+        detector: Detector,
+        prefix: str = "val/geneval",
         steps: int = 30,
         cfg_weight: float | None = 2.0,
         image_size: int | None = None,
         seed: int = 0,
         batch_size: int = 16,
-        detector: Detector | None = None,
         template: TemplateStyle | None = None,
         options: GenEvalOptions | None = None,
         temperature: float = 1.0,
     ):
         """
         Args:
-            n_per_task: Prompts per GenEval task (six tasks), drawn once from the shapes world.
+            prompts: The prompt set (GenEval's metadata file, or a synthetic world's).
+            detector: Finds the objects GenEval's rules score.
+            prefix: Metric name prefix: ``<prefix>/<task>``, ``<prefix>/overall``, ...
             steps: Euler steps of the sampler.
             cfg_weight: Classifier-free guidance weight; null samples the conditional branch alone.
             image_size: Resize generated images to this side before detection; null keeps them.
-            seed: Seeds the prompt set; prompt ``i`` is drawn with noise seed ``seed + i``.
+            seed: Prompt ``i`` is drawn with noise seed ``seed + i``.
             batch_size: Images generated per sampler call, per rank.
-            detector: Object detector (``detect(image) -> list[Detection]``); null: ShapesDetector.
             template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
             options: GenEval's thresholds; null: GenEval's defaults.
             temperature: Scale of the initial noise (below 1: fewer, surer objects).
         """
-        if n_per_task < 1 or batch_size < 1:
-            raise ValueError("ShapesGenEvalCallback needs n_per_task >= 1 and batch_size >= 1")
-        self.n_per_task, self.steps, self.cfg_weight = n_per_task, steps, cfg_weight
+        if batch_size < 1:
+            raise ValueError(f"GenEvalCallback: batch_size={batch_size} must be >= 1")
+        self.prefix, self.steps, self.cfg_weight = prefix.rstrip("/"), steps, cfg_weight
         self.image_size, self.seed, self.batch_size = image_size, seed, batch_size
         self.temperature = temperature
-        self.detector = detector if detector is not None else ShapesDetector()
-        self.template = template
+        self.detector, self.template = detector, template
         self.options = options or GenEvalOptions()
-        self.specs = geneval_eval_specs(seed, n_per_task)
+        self.specs = prompts.specs()
+        if not self.specs:
+            raise ValueError("GenEvalCallback: the prompt set is empty")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -89,7 +81,7 @@ class ShapesGenEvalCallback(Callback):
         for name, value in self.evaluate(trainer, pl_module).items():
             # identical on every rank already; sync_dist keeps every rank's logged value (and any
             # checkpoint monitor on it) well defined at the cost of one tiny all-reduce
-            pl_module.log(f"{PREFIX}/{name}", value, sync_dist=True)
+            pl_module.log(f"{self.prefix}/{name}", value, sync_dist=True)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """``{task: accuracy, ..., "overall": mean, "empty": share of empty images, "count_bias": mean

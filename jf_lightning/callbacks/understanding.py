@@ -1,20 +1,17 @@
-"""Understanding accuracy on held-out shapes-world questions at the end of every validation epoch.
+"""Understanding accuracy on a held-out question set at the end of every validation epoch.
 
-Fresh scenes (a stream disjoint from the training shards), the world's own questions and phrasing,
-greedy answers through ``JanusFlow.answer``, normalised exact match. Logged: ``val/und_accuracy`` and
+Greedy answers through ``JanusFlow.answer``, normalised exact match. Logged: ``val/und_accuracy`` and
 ``val/und_accuracy/<question_type>``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from jf_lightning.callbacks.sample_grid import (
+from jf_lightning.callbacks.evaluation import (
     evaluation_mode,
     gather_rows,
     rank_share,
@@ -22,52 +19,37 @@ from jf_lightning.callbacks.sample_grid import (
 )
 from jf_lightning.data.templates import Templater, TemplateStyle
 from jf_lightning.data.transforms import und_transform
-from jf_lightning.metrics.prompting import decode_answers, encode_understanding
-from jf_lightning.metrics.understanding import (
-    SCORED_TYPES,
-    HeldOutQuestion,
-    exact_match_accuracy,
-    heldout_questions,
-)
+from jf_lightning.inference.prompts import decode_answers, encode_understanding
+from jf_lightning.metrics.understanding import Question, QuestionSet, exact_match_accuracy
 
 
 class UnderstandingAccuracyCallback(Callback):
-    """Asks ``n_questions`` held-out questions (one scene each, types in ``question_types``) with the
-    EMA weights (swapped in for validation by the EMA callback); every rank answers a disjoint share.
+    """Asks a held-out question set with the EMA weights (swapped in for validation by the EMA
+    callback); every rank answers a disjoint share.
 
-    Scenes are rendered at the model's image size and go through the training transform
-    (``und_transform``). Answers are decoded greedily for up to ``max_new_tokens`` tokens and cut at EOS.
+    Images go through the training transform (``und_transform``) at the model's image size. Answers are
+    decoded greedily for up to ``max_new_tokens`` tokens and cut at EOS.
     """
 
     def __init__(
         self,
-        n_questions: int = 64,
-        seed: int = 0,
+        questions: QuestionSet,
         max_new_tokens: int = 8,
         batch_size: int = 16,
-        question_types: Sequence[str] = SCORED_TYPES,
         template: TemplateStyle | None = None,
-        image_after_question: float = 0.0,
     ):
         """
         Args:
-            n_questions: Held-out questions, one fresh scene each.
-            seed: Seeds the held-out scenes and questions (a stream apart from the training shards').
+            questions: The held-out question set.
             max_new_tokens: Longest answer decoded (greedy), in tokens.
             batch_size: Questions answered per decoding call, per rank.
-            question_types: Which of the world's question types to ask (``caption`` is possible but
-                exact match on a whole caption is harsh).
             template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
-            image_after_question: Share of questions asked before the image is shown; set it as the
-                training world's ``image_after_question``, so the questions are placed as in training.
         """
-        if n_questions < 1 or max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(
-                "UnderstandingAccuracyCallback needs n_questions, max_new_tokens, batch_size >= 1"
-            )
-        self.n_questions, self.seed, self.max_new_tokens = n_questions, seed, max_new_tokens
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("UnderstandingAccuracyCallback needs max_new_tokens >= 1 and batch_size >= 1")
+        self.question_set, self.max_new_tokens = questions, max_new_tokens
         self.batch_size, self.template = batch_size, template
-        self.questions = heldout_questions(seed, n_questions, tuple(question_types), image_after_question)
+        self.questions: list[Question] = []  # drawn at the model's image size on first use
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -78,6 +60,8 @@ class UnderstandingAccuracyCallback(Callback):
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """``{"und_accuracy": x, "und_accuracy/<type>": ...}`` over all questions, on every rank."""
         templater = templater_for(trainer, pl_module, self.template)
+        if not self.questions:
+            self.questions = self.question_set.questions(pl_module.model.cfg.image_size)
         share = rank_share(len(self.questions), trainer.global_rank, trainer.world_size)
         mine = [self.questions[max(i, 0)] for i in share]  # padding redoes question 0, dropped on gather
         with evaluation_mode(pl_module):
@@ -93,14 +77,14 @@ class UnderstandingAccuracyCallback(Callback):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         templater: Templater,
-        questions: list[HeldOutQuestion],
+        questions: list[Question],
     ) -> torch.Tensor:
         """(k, max_new_tokens) long: greedy answer tokens, EOS-padded (the seam tests replace with an oracle)."""
         model, size = pl_module.model, pl_module.model.cfg.image_size
         out = []
         for i in range(0, len(questions), self.batch_size):
             chunk = questions[i : i + self.batch_size]
-            pixels = torch.stack([und_transform(q.image(size), size) for q in chunk])  # (b, 3, S, S)
+            pixels = torch.stack([und_transform(q.image, size) for q in chunk])  # (b, 3, S, S)
             batch = encode_understanding(templater, [q.question for q in chunk], pixels).to(pl_module.device)
             with trainer.precision_plugin.forward_context():
                 new = model.answer(

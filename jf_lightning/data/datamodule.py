@@ -23,7 +23,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jf_lightning.data.batch import PackedBatch
+from jf_lightning.batch import PackedBatch
 from jf_lightning.data.mixing import RatioSchedule, apportion
 from jf_lightning.data.packing import pack
 from jf_lightning.data.sources import KINDS, Kind, OrderedStream, RawSample, ResampledStream, SourceConfig
@@ -153,7 +153,6 @@ class JanusFlowDataModule(LightningDataModule):
         num_workers: int = 4,
         seed: int = 0,
         val_batches: int = 8,
-        pin_memory: bool = False,
     ):
         """
         Args:
@@ -174,8 +173,6 @@ class JanusFlowDataModule(LightningDataModule):
             num_workers: DataLoader workers; each builds whole batches.
             seed: Seeds every random choice (with the batch index) and the per-worker shard streams.
             val_batches: Number of validation batches (a fixed sequence).
-            pin_memory: Pin batches in the loader (off: ``PackedBatch`` has no ``pin_memory`` method,
-                so pinning would be a no-op anyway).
         """
         super().__init__()
         if not 0.0 <= prompt_drop_prob <= 1.0:
@@ -187,7 +184,7 @@ class JanusFlowDataModule(LightningDataModule):
         self.schedule = RatioSchedule(ratio_schedule)
         self.batch_size, self.seq_len, self.prompt_drop_prob = batch_size, seq_len, prompt_drop_prob
         self.template, self.num_workers, self.seed = template, num_workers, seed
-        self.val_batches, self.pin_memory = val_batches, pin_memory
+        self.val_batches = val_batches
         self._tokenizer = None
         self._train: dict[Kind, list[SourceConfig]] | None = None
         self._val: dict[Kind, list[SourceConfig]] | None = None
@@ -243,7 +240,7 @@ class JanusFlowDataModule(LightningDataModule):
 
     def _loader(self, dataset: PackedBatchStream, **kwargs) -> DataLoader:
         return (_StreamLoader if "start_fn" in kwargs else DataLoader)(
-            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs
+            dataset, batch_size=None, num_workers=self.num_workers, **kwargs
         )
 
     def train_dataloader(self) -> DataLoader:

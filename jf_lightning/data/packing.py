@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.batch import IGNORE_INDEX, PackedBatch
 from jf_lightning.data.templates import ImageSlot, Sample
 
 

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from jf_lightning.data.batch import IGNORE_INDEX
+from jf_lightning.batch import IGNORE_INDEX
 from jf_lightning.data.sources import RawSample
 
 TemplateStyle = Literal["pretrain", "sft"]

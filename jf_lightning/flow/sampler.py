@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.batch import IGNORE_INDEX, PackedBatch
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[int, torch.Tensor], None]

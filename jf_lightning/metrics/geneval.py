@@ -2,9 +2,9 @@
 
 Our own implementation of the rules in djghosh13/geneval, ``evaluation/evaluate_images.py``
 (``evaluate_image``, ``evaluate``, ``relative_position``; read at commit af4902f) and
-``evaluation/summary_scores.py`` (the overall score). The detector is not here: anything that yields
-:class:`Detection` objects (Mask2Former + CLIP colours for real images, ``ShapesDetector`` for the
-synthetic shapes world) can be scored.
+``evaluation/summary_scores.py`` (the overall score). The detector is not here: any :class:`Detector`
+(Mask2Former + CLIP colours for real images, the shapes world's classical detector) yields the
+:class:`Detection` objects these rules score; a :class:`GenEvalPrompts` names the prompts to score.
 
 The rules, in short:
 
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -50,6 +52,46 @@ class Detection:
     """Colour name (GenEval's vocabulary), or None when the detector does not classify colour."""
     mask: np.ndarray | None = field(default=None, compare=False, repr=False)
     """Optional boolean instance mask, H x W."""
+
+
+class Detector(ABC):
+    """Finds GenEval objects in an RGB image. ``classes`` names what it can find."""
+
+    classes: Sequence[str]
+
+    @abstractmethod
+    def detect(self, image: Image.Image | np.ndarray) -> list[Detection]:
+        """Detections in the pixel coordinates of ``image`` (PIL image or H x W x 3 uint8 array)."""
+
+
+class GenEvalPrompts(ABC):
+    """A GenEval prompt set: metadata dicts (``tag``, ``include``, optional ``exclude``, ``prompt``)."""
+
+    @abstractmethod
+    def specs(self) -> list[dict[str, Any]]:
+        """The prompt specs, in a fixed order (image ``i`` is drawn with noise seed ``seed + i``)."""
+
+
+class GenEvalMetadataFile(GenEvalPrompts):
+    """Prompts from a GenEval ``evaluation_metadata.jsonl``: every line, or the first ``n_per_task`` of
+    each task (in file order)."""
+
+    def __init__(self, path: str, n_per_task: int | None = None):
+        if n_per_task is not None and n_per_task < 1:
+            raise ValueError(f"n_per_task={n_per_task} must be >= 1 (or null for every prompt)")
+        self.path, self.n_per_task = path, n_per_task
+
+    def specs(self) -> list[dict[str, Any]]:
+        specs = load_geneval_metadata(self.path)
+        if self.n_per_task is None:
+            return specs
+        taken: dict[str, int] = {}
+        out = []
+        for spec in specs:
+            if taken.get(spec["tag"], 0) < self.n_per_task:
+                taken[spec["tag"]] = taken.get(spec["tag"], 0) + 1
+                out.append(spec)
+        return out
 
 
 @dataclass(frozen=True)

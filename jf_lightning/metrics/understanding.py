@@ -1,23 +1,31 @@
-"""Understanding accuracy: exact match of normalised short answers, overall and per question type, and
-the held-out shapes-world question set it is measured on."""
+"""Understanding accuracy: exact match of normalised short answers, overall and per question type; and
+the held-out question sets the understanding callback asks."""
 
 from __future__ import annotations
 
+import re
+import string
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
-from jf_lightning.data import shapes_world as world
-from jf_lightning.metrics.prompting import normalize_answer
+NUMBER_WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty",
+)  # fmt: skip
+_WORD_TO_DIGITS = {w: str(i) for i, w in enumerate(NUMBER_WORDS)}
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
-SCORED_TYPES = ("color", "count", "shape", "position")
-"""Question types with a short exact answer. Captions are left out by default: exact match on a
-multi-clause sentence measures the decoding budget more than understanding."""
-# Mixed into the seed so held-out scenes never coincide with the shard writer's streams, which are
-# seeded by 4-element keys (seed, split, kind, index).
-_HELDOUT_STREAM = 0x5E1D
+
+def normalize_answer(text: str) -> str:
+    """Exact-match form: lowercase, punctuation removed, number words as digits, articles dropped,
+    single spaces ("Two." -> "2", "the top left" -> "top left", "3" -> "3")."""
+    words = _PUNCTUATION.sub(" ", text.lower()).split()
+    return " ".join(_WORD_TO_DIGITS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def exact_match_accuracy(
@@ -41,47 +49,20 @@ def exact_match_accuracy(
 
 
 @dataclass(frozen=True)
-class HeldOutQuestion:
-    scene: world.Scene
+class Question:
+    """One held-out question: its image, the human turn as the training data writes it (``"<image>\\n..."``;
+    without the marker the image goes first), the reference answer and a type to report it under."""
+
+    image: Image.Image
     question: str
-    """The human turn exactly as the shards write it (``"<image>\\n<question>"``)."""
     answer: str
     question_type: str
 
-    def image(self, size: int) -> Image.Image:
-        return world.render_scene(self.scene, size)
 
+class QuestionSet(ABC):
+    """A held-out understanding set (``UnderstandingAccuracyCallback`` asks it)."""
 
-def heldout_questions(
-    seed: int, n: int, types: Sequence[str] = SCORED_TYPES, image_after_question: float = 0.0
-) -> list[HeldOutQuestion]:
-    """``n`` questions, one fresh scene each, from a stream disjoint from the training shards.
-
-    Questions come from ``world.understanding_sample`` itself (the training distribution and phrasing),
-    redrawn on the same scene until their type is in ``types``; ``image_after_question`` places the image
-    as the training world does (``write_shapes_world``).
-    """
-    unknown = set(types) - set(world.QUESTION_TYPES)
-    if unknown or not types:
-        raise ValueError(
-            f"question types must be a non-empty subset of {world.QUESTION_TYPES}, got {list(types)}"
-        )
-    return [
-        _draw(np.random.default_rng([seed, _HELDOUT_STREAM, i]), types, image_after_question) for i in range(n)
-    ]
-
-
-def _draw(
-    rng: np.random.Generator, types: Sequence[str], image_after_question: float, tries: int = 100
-) -> HeldOutQuestion:
-    for _ in range(tries):
-        scene = world.sample_scene(rng)
-        if not any(qa[0] in types for qa in world.questions_for_scene(scene)):
-            continue  # e.g. only "color" asked, but no shape class is unique in this scene
-        while (sample := world.understanding_sample(scene, rng, image_after_question=image_after_question))[
-            "question_type"
-        ] not in types:
-            pass
-        human, gpt = sample["conversations"]
-        return HeldOutQuestion(scene, human["value"], gpt["value"], sample["question_type"])
-    raise RuntimeError(f"no scene in {tries} supports the question types {list(types)}")
+    @abstractmethod
+    def questions(self, image_size: int) -> list[Question]:
+        """The questions in a fixed order; ``image_size`` is the model's (a set that renders its
+        images may draw them at that size; the training transform resizes any other)."""

@@ -77,7 +77,8 @@ class VAEConfig:
 
     kind: Literal["autoencoder_kl", "pixel_shuffle"] = "autoencoder_kl"
     """``autoencoder_kl``: diffusers AutoencoderKL (SDXL-VAE for real runs). ``pixel_shuffle``: an
-    exactly invertible space-to-depth latent, for the tiny preset only (see docs/decisions in README)."""
+    exactly invertible space-to-depth latent, for the tiny preset only (README, "Decisions the paper
+    leaves open")."""
     source: str | None = "stabilityai/sdxl-vae"
     """Hub id or local directory for ``AutoencoderKL.from_pretrained``; None = random init (tests)."""
     latent_channels: int = 4
@@ -230,8 +231,8 @@ def ablation_256() -> JanusFlowConfig:
 def tiny() -> JanusFlowConfig:
     """Tests and the embedded default: 32 px, a 4-block LLM of width 128, a 2-block SigLIP-layout ViT,
     and the exactly invertible pixel-shuffle latent (3*2*2 = 12 x 16 x 16; 8x8 = 64 image tokens).
-    A 4x pixel shuffle (48 x 8 x 8, 16 tokens) runs faster, but in a short probe its samples stayed
-    per-pixel noise where the 2x latent already drew coloured blobs (one run each, not a controlled
+    A 4x pixel shuffle (48 x 8 x 8, 16 tokens) runs faster, but after equally short runs its samples
+    were per-pixel noise where the 2x latent's were coloured blobs (one run each, not a controlled
     comparison): with 4x, one 1x1 conv has to paint a whole 8x8 pixel patch."""
     return JanusFlowConfig(
         image_size=32,

@@ -23,80 +23,6 @@ def _channels_last_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class _CpuDepthwiseConv(torch.autograd.Function):
-    """A stride-1 "same" depthwise conv whose backward is two more depthwise forward convs.
-
-    oneDNN's depthwise forward kernel is fast on CPU, but its weight gradient runs a generic grouped
-    kernel that pads every one-channel group to 16 x 16 channels (ONEDNN_VERBOSE shows it). Both
-    gradients are depthwise cross-correlations, so they reuse the forward kernel
-    (python -m benchmarks.depthwise_conv: 0.27-0.41x on the codec's maps; a whole tiny.yaml step
-    0.99x on two threads, 0.965x on one, as a DDP rank runs: experiments/tiny.md, session 19):
-    - input: the output gradient correlated with the flipped filter (same padding);
-    - filter: per (image, channel) pair, the padded input correlated with that pair's output gradient
-      (a depthwise conv over N * C channels with an H x W "filter"), summed over the images.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-        # x: (N, C, H, W); weight: (C, 1, k, k) with k = 2 * padding + 1
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        n, c, h, w = x.shape
-        pad, k = ctx.padding, weight.shape[-1]
-        grad = grad.contiguous(memory_format=torch.channels_last)  # (N, C, H, W)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(-1, -2), padding=k - 1 - pad, groups=c)
-        if ctx.needs_input_grad[1]:
-            padded = F.pad(x, (pad, pad, pad, pad)).reshape(1, n * c, h + 2 * pad, w + 2 * pad)
-            per_image = F.conv2d(padded, grad.reshape(n * c, 1, h, w), groups=n * c)  # (1, N * C, k, k)
-            grad_w = per_image.view(n, c, k, k).sum(0).unsqueeze(1)  # (C, 1, k, k)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(dim=(0, 2, 3))
-        return grad_x, grad_w, grad_b, None
-
-
-def depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` on a channels-last copy of ``x`` (N, C, H, W); the result is channels-last too. On CPU
-    under autocast it runs in fp32: oneDNN's bf16 depthwise 7x7 is slower than its fp32 one, whose
-    forward + backward in channels-last took 0.8x the time in two decoder blocks (benchmarks/train_step.py
-    shows the whole step). On CPU the backward is ``_CpuDepthwiseConv``'s."""
-    x = x.contiguous(memory_format=torch.channels_last)
-    if x.device.type != "cpu":
-        return conv(x)
-    if torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return _CpuDepthwiseConv.apply(x.float(), conv.weight, conv.bias, conv.padding[0])
-    return _CpuDepthwiseConv.apply(x, conv.weight, conv.bias, conv.padding[0])
-
-
-class ResponseNorm(GlobalResponseNorm):
-    """timm's GlobalResponseNorm (same parameters, same result up to rounding) on a channels-last map,
-    with its statistics in fp32 while the (N, H, W, C) map keeps its dtype.
-
-    Under CPU bf16 autocast timm's version casts the whole map to fp32 for the norm, multiplies and adds
-    in fp32, and hands the next linear an fp32 map to cast back. Here only the (N, 1, 1, C) statistics
-    are fp32, and x + b + w * x * x_n is one addcmul: x * (1 + w * x_n) + b.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            # The L2 norm as a sum of squares in fp32: on CPU, torch.linalg.vector_norm over the (H, W)
-            # dims of a channels-last map took ~10x as long (python -m benchmarks.response_norm). The clamp
-            # keeps the backward finite where GELU zeroes a channel over the whole map, where sqrt(0)
-            # has an infinite gradient (a demo went NaN at step 459 that way); it moves no other norm.
-            sum_sq = x.float().square().sum(dim=self.spatial_dim, keepdim=True)  # (N, 1, 1, C)
-            x_g = sum_sq.clamp_min(torch.finfo(torch.float32).tiny).sqrt()
-            x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
-            scale = 1 + self.weight.view(self.wb_shape) * x_n  # (N, 1, 1, C)
-            return torch.addcmul(self.bias.view(self.wb_shape).to(x.dtype), x, scale.to(x.dtype))
-
-
 class ConvNeXtBlock(nn.Module):
     """Depthwise 7x7 conv, RMSNorm, linear x4, GELU, GRN, linear, residual, then x*(1+scale)+shift
     from the time embedding (the release's order: the modulation comes after the residual)."""
@@ -108,16 +34,17 @@ class ConvNeXtBlock(nn.Module):
         self.norm = LlamaRMSNorm(channels, eps)
         self.channelwise_linear_1 = nn.Linear(channels, hidden)
         self.channelwise_act = nn.GELU()
-        self.channelwise_norm = ResponseNorm(hidden, eps=1e-6, channels_last=True)
+        self.channelwise_norm = GlobalResponseNorm(hidden, eps=1e-6, channels_last=True)
         self.channelwise_linear_2 = nn.Linear(hidden, channels)
         self.cond_embeds_mapper = nn.Linear(cond_dim, channels * 2)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         # x: (N, C, H, W); cond: (N, cond_dim)
-        # A channels-last map permutes to a contiguous (N, H, W, C) for free. Contiguity matters: on CPU
-        # under bf16 autocast, a linear over a permuted input whose weight needs no grad (the EMA copy)
-        # becomes a batched matmul that copies the weight per image row (benchmarks/sampling.py).
-        h = depthwise_conv(self.depthwise, x).permute(0, 2, 3, 1)  # (N, H, W, C)
+        # The conv gets a channels-last copy of x, so its output is channels-last and permutes to a
+        # contiguous (N, H, W, C) for free. Contiguity matters: on CPU under bf16 autocast, a linear over a
+        # permuted input whose weight needs no grad (the EMA copy) becomes a batched matmul that copies
+        # the weight per image row (benchmarks/sampling.py).
+        h = self.depthwise(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)  # (N, H, W, C)
         h = self.channelwise_linear_1(self.norm(h))  # (N, H, W, 4C)
         h = self.channelwise_norm(self.channelwise_act(h))
         h = self.channelwise_linear_2(h).permute(0, 3, 1, 2)  # (N, C, H, W)

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.batch import IGNORE_INDEX, PackedBatch
 from jf_lightning.models.config import JanusFlowConfig
 from jf_lightning.models.gen_codec import GenerationDecoder, GenerationEncoder
 from jf_lightning.models.llm import build_llm

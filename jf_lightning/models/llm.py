@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-from jf_lightning.models.attention import ATTN_IMPLEMENTATION
 from jf_lightning.models.config import LLMConfig
 
 
@@ -26,15 +25,15 @@ def llama_config(cfg: LLMConfig) -> LlamaConfig:
 def build_llm(cfg: LLMConfig) -> PreTrainedModel:
     """The one loading path: ``from_pretrained`` on a hub id or local directory, or random init.
 
-    Attention is SDPA (models/attention.py): it takes the packed block-causal mask we build and runs on
-    every device, with a faster explicit path for masked attention on CPU.
+    Attention is transformers' SDPA: it takes the packed block-causal mask we build and runs on every
+    device (``kernels.use_cpu_kernels`` switches it to a faster path for masked bf16 attention on CPU).
     """
     if cfg.source:
-        model = AutoModelForCausalLM.from_pretrained(cfg.source, attn_implementation=ATTN_IMPLEMENTATION)
+        model = AutoModelForCausalLM.from_pretrained(cfg.source, attn_implementation="sdpa")
         if model.config.hidden_size != cfg.hidden_size or model.config.num_hidden_layers != cfg.num_layers:
             raise ValueError(
                 f"LLM {cfg.source!r} has hidden_size={model.config.hidden_size}, "
                 f"num_layers={model.config.num_hidden_layers}; set llm.hidden_size / llm.num_layers to match"
             )
         return model
-    return AutoModelForCausalLM.from_config(llama_config(cfg), attn_implementation=ATTN_IMPLEMENTATION)
+    return AutoModelForCausalLM.from_config(llama_config(cfg), attn_implementation="sdpa")

@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from torch import nn
 
-from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.batch import IGNORE_INDEX, PackedBatch
 from jf_lightning.flow.rectified_flow import (
     interpolate,
     repa_loss,
@@ -25,10 +25,11 @@ from jf_lightning.flow.rectified_flow import (
     sample_logit_normal,
     velocity_target,
 )
+from jf_lightning.kernels import use_cpu_kernels
 from jf_lightning.models.config import Ablation, JanusFlowConfig, with_ablation
 from jf_lightning.models.config import preset as preset_config
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
-from jf_lightning.schedules import check_start_steps, segment_at
+from jf_lightning.schedules import check_start_steps, lr_factor, segment_at
 
 PartGroup = Literal["llm", "siglip", "adapters"]
 
@@ -108,16 +109,6 @@ def part_groups(model: JanusFlow) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------- learning rate
 
 
-def lr_factor(step: int, warmup: int, total: int, cooldown: int = 0) -> float:
-    """Multiplier of the peak lr before optimizer step ``step`` (0-based): a linear warm-up from
-    1/warmup (no wasted zero-lr step), then constant (Table 1), then, with ``cooldown`` > 0, a linear
-    fall over the last ``cooldown`` of ``total`` steps to 1/cooldown at the last one."""
-    factor = min(1.0, (step + 1) / warmup)
-    if cooldown:
-        factor = min(factor, (total - step) / cooldown)
-    return max(factor, 0.0)
-
-
 def check_cooldown_fits(cooldown: int, max_steps: int | None) -> None:
     """The cool-down ends where training does, so it needs a step budget at least as long."""
     if cooldown and (max_steps is None or max_steps < cooldown):
@@ -134,7 +125,7 @@ class TimeMeanSchedule:
 
     def __init__(self, entries: list[tuple[int, float]]):
         self.starts = [int(start) for start, _ in entries]
-        check_start_steps(self.starts, "time_mean_schedule")
+        check_start_steps(self.starts, "time_mean")
         self.means = [float(mean) for _, mean in entries]
 
     def at(self, step: int) -> float:
@@ -162,12 +153,12 @@ class JanusFlowStage(LightningModule):
         ar_weight: float = 1.0,
         rf_weight: float = 1.0,
         repa_weight: float = 1.0,
-        time_mean: float = 0.0,
+        time_mean: float | list[tuple[int, float]] = 0.0,
         time_std: float = 1.0,
         seed: int = 0,
         lr_scales: dict[str, float] | None = None,
         cooldown_steps: int = 0,
-        time_mean_schedule: list[tuple[int, float]] | None = None,
+        cpu_kernels: bool = False,
     ):
         """
         Args:
@@ -183,7 +174,10 @@ class JanusFlowStage(LightningModule):
             ar_weight: Weight of the next-token loss on response and text tokens.
             rf_weight: Weight of the rectified-flow velocity loss.
             repa_weight: Weight of the REPA alignment loss (the paper states none: 1).
-            time_mean: Mean of the logit-normal training-time distribution (before the sigmoid).
+            time_mean: Mean of the logit-normal training-time distribution (before the sigmoid): one
+                value, or a piecewise-constant schedule by optimizer step, ``[[0, 0.0], [1000, -0.5]]``
+                (the first entry at step 0). Validation draws its times at the first entry's mean, so
+                ``val/rf_loss`` compares across steps.
             time_std: Standard deviation of the logit-normal training-time distribution.
             seed: Seed of the flow noise and times; each batch's generator mixes it with the batch's
                 stream index and the global rank, so runs are reproducible and ranks differ.
@@ -192,17 +186,16 @@ class JanusFlowStage(LightningModule):
             cooldown_steps: Optimizer steps at the end of ``trainer.max_steps`` over which the learning
                 rate falls linearly to zero (a warmup-stable-decay schedule). 0, the default, keeps the
                 paper's constant rate to the end.
-            time_mean_schedule: ``time_mean`` by optimizer step, piecewise constant, instead of one
-                value: ``[[0, 0.0], [1000, -0.5]]`` trains around the middle of the path for 1,000
-                steps, then nearer the noise end. The first entry starts at step 0; validation draws its
-                times at the first entry's mean, so ``val/rf_loss`` compares across steps.
+            cpu_kernels: Switch the built model onto the CPU speed paths of ``jf_lightning.kernels``
+                (``use_cpu_kernels``): masked bf16 attention as matmul-softmax-matmul, the ConvNeXt blocks'
+                depthwise conv in fp32 with a cheaper backward, their response norm with fp32 statistics.
+                They act only on CPU (elsewhere each is the plain computation) and match the plain model
+                up to rounding.
         """
         super().__init__()
         if cooldown_steps < 0:
             raise ValueError(f"cooldown_steps is {cooldown_steps}: give 0 (constant lr) or a positive step count")
-        self.time_means = TimeMeanSchedule(time_mean_schedule or [(0, time_mean)])
-        if time_mean_schedule and time_mean:
-            raise ValueError(f"time_mean {time_mean} and time_mean_schedule both given: give one of them")
+        self.time_means = TimeMeanSchedule(time_mean if isinstance(time_mean, list) else [(0, time_mean)])
         unknown = set(lr_scales or {}) - set(get_args(PartGroup))
         if unknown:
             raise ValueError(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
@@ -219,6 +212,8 @@ class JanusFlowStage(LightningModule):
         if self.model is not None:
             return
         self.model = load_janusflow(self.model_config)
+        if self.hparams.cpu_kernels:
+            use_cpu_kernels(self.model)
         self.apply_freeze_policy()
 
     def trainable_parts(self) -> list[str]:

@@ -14,21 +14,30 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from jf_lightning.callbacks.ema import EMA, averaged_weights
-from jf_lightning.callbacks.geneval import ShapesGenEvalCallback, objects_asked
-from jf_lightning.callbacks.sample_grid import (
-    SampleGridCallback,
-    evaluation_mode,
-    rank_share,
-    templater_for,
-)
+from jf_lightning.callbacks.evaluation import evaluation_mode, rank_share, templater_for
+from jf_lightning.callbacks.geneval import GenEvalCallback, objects_asked
+from jf_lightning.callbacks.sample_grid import SampleGridCallback
 from jf_lightning.callbacks.understanding import UnderstandingAccuracyCallback
-from jf_lightning.data import shapes_world as world
-from jf_lightning.data.tokenizer import build_shapes_tokenizer
-from jf_lightning.metrics.images import caption_tile, from_pil, make_grid, to_uint8
+from jf_lightning.inference.images import caption_tile, from_pil, make_grid, to_uint8
+from jf_lightning.metrics.geneval import GENEVAL_TASKS
 from jf_lightning.models.config import tiny
+from jf_lightning.shapes import geneval_specs, world
+from jf_lightning.shapes.detector import ShapesDetector
+from jf_lightning.shapes.evaluation import ShapesGenEvalPrompts, ShapesHeldOutQuestions
+from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
 from jf_lightning.stages.base import JanusFlowStage
 
-GENEVAL_KEYS = {f"val/shapes_geneval/{t}" for t in (*world.GENEVAL_TASKS, "overall")}
+GENEVAL_KEYS = {f"val/shapes_geneval/{t}" for t in (*GENEVAL_TASKS, "overall")}
+
+
+def shapes_geneval(n_per_task: int, **kwargs) -> GenEvalCallback:
+    """GenEval on the shapes world, as tiny.yaml configures it."""
+    prompts = ShapesGenEvalPrompts(n_per_task)
+    return GenEvalCallback(prompts, ShapesDetector(), prefix="val/shapes_geneval", **kwargs)
+
+
+def shapes_understanding(n_questions: int, **kwargs) -> UnderstandingAccuracyCallback:
+    return UnderstandingAccuracyCallback(ShapesHeldOutQuestions(n_questions), **kwargs)
 
 
 class TinyStage(JanusFlowStage):
@@ -94,8 +103,8 @@ def test_callbacks_log_metrics_and_sample_grids_during_fit(tmp_path):
     grid = SampleGridCallback(
         every_n_steps=1, prompts=["a photo of a red circle", "a photo of two squares"], seeds=[0], steps=1
     )
-    geneval = ShapesGenEvalCallback(n_per_task=1, steps=1, batch_size=4)
-    und = UnderstandingAccuracyCallback(n_questions=4, max_new_tokens=2, batch_size=3)
+    geneval = shapes_geneval(1, steps=1, batch_size=4)
+    und = shapes_understanding(4, max_new_tokens=2, batch_size=3)
     stage = _stage()
     trainer = _trainer(tmp_path, [EMA(decay=0.9), grid, geneval, und], logger=logger)
     trainer.fit(stage, datamodule=TinyData())
@@ -151,7 +160,7 @@ def _oracle_images(specs, size=32, blank=False) -> torch.Tensor:
     """Ground-truth renders of the specs (or white canvases), (N, 3, size, size) uint8."""
     images = []
     for i, spec in enumerate(specs):
-        scene = world.Scene() if blank else world.scene_for_spec(spec, np.random.default_rng(i))
+        scene = world.Scene() if blank else geneval_specs.scene_for_spec(spec, np.random.default_rng(i))
         images.append(world.render_scene(scene, size))
     return from_pil(images)
 
@@ -164,7 +173,7 @@ def _validate(tmp_path, callback) -> dict[str, float]:
 
 @pytest.mark.parametrize("blank", [False, True])
 def test_geneval_scores_ground_truth_renders_high_and_blank_images_zero_and_empty(tmp_path, monkeypatch, blank):
-    callback = ShapesGenEvalCallback(n_per_task=4)
+    callback = shapes_geneval(4)
     monkeypatch.setattr(
         callback, "generate", lambda trainer, module, specs, seeds: _oracle_images(specs, blank=blank)
     )
@@ -182,7 +191,7 @@ def test_geneval_scores_ground_truth_renders_high_and_blank_images_zero_and_empt
 
 
 def test_geneval_resizes_before_detection(tmp_path, monkeypatch):
-    callback = ShapesGenEvalCallback(n_per_task=2, image_size=96)
+    callback = shapes_geneval(2, image_size=96)
     seen = []
     monkeypatch.setattr(callback, "generate", lambda trainer, module, specs, seeds: _oracle_images(specs))
     monkeypatch.setattr(callback.detector, "detect", lambda img: seen.append(img.shape) or [])
@@ -203,7 +212,7 @@ def _oracle_answer_ids(wrong=False):
 
 @pytest.mark.parametrize("wrong", [False, True])
 def test_understanding_scores_an_oracle_one_and_a_constant_answer_lower(tmp_path, monkeypatch, wrong):
-    callback = UnderstandingAccuracyCallback(n_questions=24)
+    callback = shapes_understanding(24)
     monkeypatch.setattr(callback, "answer_ids", _oracle_answer_ids(wrong))
     scores = _validate(tmp_path, callback)
     per_type = {k: v for k, v in scores.items() if k.startswith("val/und_accuracy/")}
@@ -263,7 +272,7 @@ def test_rank_shares_are_disjoint_equal_and_complete():
 
 
 def test_scores_do_not_depend_on_the_number_of_ranks(monkeypatch):
-    geneval = ShapesGenEvalCallback(n_per_task=3)
+    geneval = shapes_geneval(3)
     # right images for half the specs, blank for the rest: a score that depends on the order
     monkeypatch.setattr(
         geneval,
@@ -272,7 +281,7 @@ def test_scores_do_not_depend_on_the_number_of_ranks(monkeypatch):
             [_oracle_images([s], blank=seed % 2 == 1) for s, seed in zip(specs, seeds)]
         ),
     )
-    und = UnderstandingAccuracyCallback(n_questions=7)
+    und = shapes_understanding(7)
     monkeypatch.setattr(und, "answer_ids", _oracle_answer_ids())
     single = (_evaluate_on_ranks(geneval, 1)[0], _evaluate_on_ranks(und, 1)[0])
     assert 0.2 < single[0]["overall"] < 0.8 and single[1]["und_accuracy"] == 1.0
@@ -310,7 +319,7 @@ def test_averaged_weights_swaps_the_ema_in_and_back():
     live = stage.model.vision_gen_dec_aligner.weight
     before = live.detach().clone()
     with torch.no_grad():
-        ema._average_model.module.model.vision_gen_dec_aligner.weight.fill_(0.25)
+        ema.averages["model.vision_gen_dec_aligner.weight"].fill_(0.25)
     with averaged_weights(trainer, stage):
         assert live.eq(0.25).all()
     assert torch.equal(live, before)

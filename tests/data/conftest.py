@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from jf_lightning.data.tokenizer import build_shapes_tokenizer
+from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
 SHARDS_PER_KIND = 2

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from jf_lightning.data.batch import PackedBatch
+from jf_lightning.batch import PackedBatch
 from jf_lightning.data.datamodule import JanusFlowDataModule, PackedBatchStream
 from jf_lightning.data.sources import SourceConfig, decode, expand_urls, iter_members
 
@@ -49,7 +49,7 @@ def take(loader, n):
 def test_two_workers_interleave_batch_indices(tiny_shards, tokenizer_dir):
     dm = make_dm(tiny_shards, tokenizer_dir, num_workers=2)
     loader = dm.train_dataloader()
-    assert loader.batch_size is None and not loader.pin_memory
+    assert loader.batch_size is None
     batches = take(loader, 8)
     assert all(isinstance(b, PackedBatch) for b in batches)
     assert [b.batch_index for b in batches] == list(range(8))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from jf_lightning.data.batch import IGNORE_INDEX
+from jf_lightning.batch import IGNORE_INDEX
 from jf_lightning.data.packing import first_fit_decreasing, pack
 from jf_lightning.data.templates import Templater
 

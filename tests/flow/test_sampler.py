@@ -9,7 +9,7 @@ from jf_lightning.flow.sampler import (
     generation_batch,
     initial_noise,
 )
-from jf_lightning.metrics.images import generate_images, generate_trajectories
+from jf_lightning.inference.generate import generate_images, generate_trajectories
 from jf_lightning.models.config import tiny
 from jf_lightning.models.janusflow import JanusFlow
 

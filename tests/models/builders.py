@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from jf_lightning.data.batch import IGNORE_INDEX, PackedBatch
+from jf_lightning.batch import IGNORE_INDEX, PackedBatch
 
 BOS, EOS, PAD, BOI, EOI, IMG = 1, 2, 3, 4, 5, 6
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jf_lightning.data.batch import PackedBatch
+from jf_lightning.batch import PackedBatch
 from jf_lightning.models.config import JanusFlowConfig
 from jf_lightning.stages import AdaptationStage, PretrainingStage, SFTStage
 from tests.models.builders import gen_sample, pack_rows, text_sample, und_sample

@@ -35,22 +35,25 @@ def test_refuses_an_empty_batch_list():
         loss_gradient_norms(built(SFTStage, preset="tiny"), [])
 
 
-def test_main_measures_an_experiment_yaml_as_fit_builds_it(tmp_path, monkeypatch, capsys):
+def test_the_command_measures_an_experiment_yaml_as_fit_builds_it(tmp_path, monkeypatch, capsys):
     import yaml
 
-    from jf_lightning.stages.gradient_balance import main
+    from jf_lightning.cli import main
     from tests.test_cli import TINY
 
     config = yaml.safe_load(TINY.read_text())
-    config["shapes_world"].update(train_samples=32, val_samples=8)  # written on first use, into tmp
-    config["siglip_pretraining"].update(steps=2, batch_size=4)  # pretrained on first use, into tmp
+    world, siglip = (item["init_args"] for item in config["prepare"])
+    world.update(train_samples=32, val_samples=8)
+    siglip.update(steps=2, batch_size=4)
     config["data"].update(batch_size=4, num_workers=0)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
-    main(["-c", "exp.yaml", "--batches", "1"])
+    with pytest.raises(SystemExit, match="data/shapes is missing .* make it first with `python -m jf_lightning prepare -c exp.yaml`"):
+        main(["gradient-balance", "-c", "exp.yaml", "--batches", "1"])
+    main(["prepare", "-c", "exp.yaml"])
+    capsys.readouterr()
+    main(["gradient-balance", "-c", "exp.yaml", "--batches", "1"])
     rows = {line.split()[0]: line.split()[1:4] for line in capsys.readouterr().out.splitlines()[1:]}
     assert float(rows["language_model"][0]) > 0 and float(rows["language_model"][1]) > 0
     assert float(rows["vision_gen_dec_model"][0]) == 0  # AR never reaches the generation decoder
-    assert (tmp_path / "data/shapes/manifest.json").exists()
-    assert (tmp_path / "data/shapes-siglip/pretraining.json").exists()
     assert not (tmp_path / "mlflow.db").exists()  # a measurement, not a run

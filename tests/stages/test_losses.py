@@ -75,8 +75,8 @@ def test_flow_noise_is_reproducible_per_batch_index(sft_stage):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
-def test_time_mean_schedule_shifts_the_times_from_its_step_on(monkeypatch):
-    stage = built(SFTStage, time_mean_schedule=[[0, 0.0], [5, -4.0]])
+def test_a_time_mean_schedule_shifts_the_times_from_its_step_on(monkeypatch):
+    stage = built(SFTStage, time_mean=[[0, 0.0], [5, -4.0]])
     batch = tiny_batch(stage.model_config)
 
     def times_at(step: int) -> torch.Tensor:
@@ -94,9 +94,8 @@ def test_time_mean_schedule_shifts_the_times_from_its_step_on(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"time_mean_schedule": [[5, -0.5]]}, "time_mean_schedule must start at step 0"),
-        ({"time_mean_schedule": [[0, 0.0], [0, -0.5]]}, "time_mean_schedule start steps must increase"),
-        ({"time_mean": -0.5, "time_mean_schedule": [[0, -0.5]]}, "both given"),
+        ({"time_mean": [[5, -0.5]]}, "time_mean must start at step 0"),
+        ({"time_mean": [[0, 0.0], [0, -0.5]]}, "time_mean start steps must increase"),
     ],
 )
 def test_a_bad_time_mean_schedule_is_refused(kwargs, message):

@@ -12,7 +12,8 @@ Layout under ``out_dir`` (``{split}`` is ``train`` or ``val``):
 Every sample is drawn from its own generator seeded by (seed, split, kind, index): shards are
 byte-identical for a seed, the validation split is a different stream, and any sample can be
 regenerated alone. The directory appears atomically (written beside it, then renamed), and a directory
-holding the same manifest is returned as is, so a training run can call this on first use.
+holding the same manifest is returned as is, so writing it again (``python -m jf_lightning prepare``)
+does nothing.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from jf_lightning.data import shapes_world as world
-from jf_lightning.data.tokenizer import build_shapes_tokenizer
-from jf_lightning.generated_dirs import check_output_dir, read_record, write_output_dir
+from jf_lightning.shapes import language, world
+from jf_lightning.shapes.generated_dirs import check_output_dir, read_record, write_output_dir
+from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
 
-FORMAT_VERSION = 2  # 2: shape sizes depend on the number of shapes (shapes_world.SIZE_RANGES)
+FORMAT_VERSION = 2  # 2: shape sizes depend on the number of shapes (world.SIZE_RANGES)
 KINDS = ("und", "gen", "text")
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
@@ -70,18 +71,18 @@ def make_record(
     record: dict[str, Any] = {"__key__": f"{split}-{index:08d}"}
     if kind == "und":
         scene = world.sample_scene(rng)
-        conv = world.understanding_sample(
+        conv = language.understanding_sample(
             scene, rng, mix.get("questions"), mix.get("turns", 1), mix.get("image_after_question", 0.0)
         )
         record["png"] = png_bytes(world.render_scene(scene, image_size))
         record["json"] = _json_bytes({**conv, "scene": scene.to_dict()})
     elif kind == "gen":
-        scene, prompt, spec = world.generation_sample(rng, mix.get("generation"))
+        scene, prompt, spec = language.generation_sample(rng, mix.get("generation"))
         record["png"] = png_bytes(world.render_scene(scene, image_size))
         record["txt"] = prompt.encode("utf-8")
         record["json"] = _json_bytes({"scene": scene.to_dict(), **({"spec": spec} if spec else {})})
     elif kind == "text":
-        record["txt"] = world.text_sample(rng).encode("utf-8")
+        record["txt"] = language.text_sample(rng).encode("utf-8")
     else:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     return record
@@ -120,9 +121,8 @@ def _write_shard(root: Path, job: _ShardJob, seed: int, image_size: int, mix: di
 
 def _write_shards(root: Path, jobs: list[_ShardJob], seed: int, image_size: int, mix: dict | None) -> None:
     """Every shard, in a process per core when there are enough samples to repay the processes
-    (tiny.yaml's world of 3 x 20,256 samples: 24 s in one process, 12 s in two; experiments/tiny.md,
-    session 18). Every sample comes from its own seeded generator, so the shards are the same bytes
-    either way."""
+    (tiny.yaml's world of 3 x 20,256 samples: 24 s in one process, 12 s in two; experiments/tiny.md).
+    Every sample comes from its own seeded generator, so the shards are the same bytes either way."""
     write = partial(_write_shard, root, seed=seed, image_size=image_size, mix=mix)
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers < 2 or sum(job.stop - job.start for job in jobs) < PARALLEL_MIN_SAMPLES:
@@ -152,8 +152,7 @@ def _check_target(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     return check_output_dir(out, MANIFEST, "params", params, "a shapes world")
 
 
-def write_shapes_world(
-    out_dir: str | os.PathLike,
+def world_params(
     seed: int = 0,
     train_samples: int = 10_000,
     val_samples: int = 500,
@@ -164,18 +163,16 @@ def write_shapes_world(
     questions_per_image: int = 1,
     image_after_question: float = 0.0,
 ) -> dict[str, Any]:
-    """Write ``train_samples`` / ``val_samples`` samples of each kind (und, gen, text), the tokenizer and
-    the manifest; return the manifest. Never overwrites: a non-empty ``out_dir`` must already hold a
-    manifest with the same parameters (then nothing is written).
+    """The parameters a world's manifest records, checked (one-line ValueErrors).
 
     ``generation_mix`` weighs the generation prompts over ``caption`` and GenEval's six tasks (default:
     25% captions, the tasks uniform); ``question_mix`` weighs the understanding question types
     (default: uniform over the types a scene supports). ``questions_per_image`` > 1 makes each
     understanding sample a multi-turn conversation of that many different questions.
     ``image_after_question`` is the share of understanding samples that ask first and show the image
-    after the question (``world.understanding_sample``)."""
-    world.check_weights(generation_mix, world.GENERATION_KINDS, "generation_mix")
-    world.check_weights(question_mix, world.QUESTION_TYPES, "question_mix")
+    after the question (``language.understanding_sample``)."""
+    language.check_weights(generation_mix, language.GENERATION_KINDS, "generation_mix")
+    language.check_weights(question_mix, language.QUESTION_TYPES, "question_mix")
     if train_samples < 1 or val_samples < 0 or samples_per_shard < 1 or image_size < 32 or questions_per_image < 1:
         raise ValueError(
             "need train_samples >= 1, val_samples >= 0, samples_per_shard >= 1, image_size >= 32, "
@@ -191,7 +188,8 @@ def write_shapes_world(
         "image_size": int(image_size),
         "samples_per_shard": int(samples_per_shard),
     }
-    # Recorded only when given, so worlds written before these knobs existed keep their manifests.
+    # Recorded only when not the default, so a world that uses none of these knobs keeps the manifest
+    # (and the reuse check) of the base parameters alone.
     if generation_mix is not None:
         params["generation_mix"] = {k: float(v) for k, v in generation_mix.items()}
     if question_mix is not None:
@@ -200,12 +198,26 @@ def write_shapes_world(
         params["questions_per_image"] = int(questions_per_image)
     if image_after_question != 0.0:
         params["image_after_question"] = float(image_after_question)
+    return params
+
+
+def write_shapes_world(out_dir: str | os.PathLike, **params: Any) -> dict[str, Any]:
+    """Write a world of :func:`world_params` into ``out_dir``: ``train_samples`` / ``val_samples``
+    samples of each kind (und, gen, text), the tokenizer and the manifest; return the manifest. Never
+    overwrites: a non-empty ``out_dir`` must already hold a manifest with the same parameters (then
+    nothing is written)."""
+    params = world_params(**params)
     out = Path(out_dir).absolute()
     existing = _check_target(out, params)
     if existing is not None:
         return existing
     # another process may finish the same dataset first: then its manifest is the answer
     return write_output_dir(out, lambda tmp: _write_all(tmp, params), lambda: _check_target(out, params))
+
+
+def world_ready(out_dir: str | os.PathLike, **params: Any) -> bool:
+    """Whether ``out_dir`` already holds the world of these parameters."""
+    return _check_target(Path(out_dir).absolute(), world_params(**params)) is not None
 
 
 def _write_all(root: Path, params: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The LLM's attention (models/attention.py): same results as transformers' SDPA, on every mask we use."""
+"""The CPU attention kernel (kernels/attention.py): same results as transformers' SDPA, on every mask we use."""
 
 import json
 from dataclasses import replace
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jf_lightning.models import attention
-from jf_lightning.models.attention import ATTN_IMPLEMENTATION, jf_sdpa_attention_forward, matmul_attention
+from jf_lightning.kernels import attention, use_cpu_kernels
+from jf_lightning.kernels.attention import ATTN_IMPLEMENTATION, jf_sdpa_attention_forward, matmul_attention
 from jf_lightning.models.config import tiny
 from jf_lightning.models.llm import build_llm
 from jf_lightning.models.masking import packed_attention_mask
@@ -32,6 +32,20 @@ def test_matmul_attention_matches_sdpa_for_boolean_and_additive_masks():
     torch.testing.assert_close(matmul_attention(q, k, v, additive, 0.3), expected)
 
 
+def test_matmul_attention_gradients_match_sdpa_under_bf16():
+    torch.manual_seed(0)
+    q, k, v = (t.requires_grad_(True) for t in torch.randn(3, 2, 4, 12, 8).unbind(0))
+    mask = block_causal(torch.tensor([[1] * 5 + [2] * 7, [1] * 9 + [2] * 3]))
+    grad = torch.randn(2, 4, 12, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = matmul_attention(q, k, v, mask, 8**-0.5)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours.float(), expected, atol=0.05, rtol=0.05)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad),
+                    strict=True):
+        torch.testing.assert_close(a.float(), b, atol=0.05, rtol=0.05)
+
+
 def test_grouped_query_heads_share_their_key_value_head():
     torch.manual_seed(0)
     q = torch.randn(2, 4, 6, 8, dtype=torch.bfloat16)  # (B, H=4, L, D)
@@ -52,11 +66,12 @@ def test_a_query_that_sees_no_key_gets_a_finite_output():
 
 def test_llm_under_bf16_takes_the_matmul_path_and_matches_transformers_sdpa(monkeypatch):
     torch.manual_seed(0)
-    llm = build_llm(tiny().llm).eval()
     reference = build_llm(tiny().llm).eval()
-    reference.load_state_dict(llm.state_dict())
-    reference.set_attn_implementation("sdpa")
+    llm = build_llm(tiny().llm).eval()
+    llm.load_state_dict(reference.state_dict())
+    use_cpu_kernels(llm)
     assert llm.config._attn_implementation == ATTN_IMPLEMENTATION
+    assert reference.config._attn_implementation == "sdpa"
     calls = []
     monkeypatch.setattr(attention, "matmul_attention", lambda *a: calls.append(1) or matmul_attention(*a))
     ids = torch.randint(0, tiny().llm.vocab_size, (2, 10))
@@ -84,10 +99,10 @@ def test_in_fp32_it_is_transformers_sdpa(monkeypatch):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2))
 
 
-def test_a_saved_llm_loads_with_it_and_its_config_does_not_require_this_package(tmp_path):
+def test_an_llm_saved_with_the_kernel_on_loads_as_plain_llama(tmp_path):
     cfg = tiny().llm
-    build_llm(cfg).save_pretrained(tmp_path / "llm")
+    use_cpu_kernels(build_llm(cfg)).save_pretrained(tmp_path / "llm")
     saved = json.loads((tmp_path / "llm" / "config.json").read_text())
     assert ATTN_IMPLEMENTATION not in json.dumps(saved)  # other tools can load the directory as plain Llama
     loaded = build_llm(replace(cfg, source=str(tmp_path / "llm")))
-    assert loaded.config._attn_implementation == ATTN_IMPLEMENTATION
+    assert loaded.config._attn_implementation == "sdpa"

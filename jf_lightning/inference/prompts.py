@@ -1,4 +1,4 @@
-"""Evaluation prompts, tokenized exactly as the training data was, and answers normalised for scoring.
+"""Evaluation prompts, tokenized exactly as the training data was, and generated answers decoded.
 
 Every prompt here is cut from a sample the data pipeline's own :class:`Templater` builds, so a change
 of template reaches training and evaluation together and the model is never asked in a format it was
@@ -7,28 +7,17 @@ not trained on:
 - generation: the template's generation sample up to (not including) ``<begin_of_image>``, which is
   what :func:`jf_lightning.flow.sampler.generate_latents` takes;
 - understanding: the template's conversation with an empty answer, cut before its first target token,
-  left-padded into the arguments of :meth:`JanusFlow.answer`.
+  left-padded into the arguments of :meth:`JanusFlow.answer`; answers decoded and cut at EOS.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from dataclasses import dataclass
 
 import torch
 
-from jf_lightning.data.batch import IGNORE_INDEX
+from jf_lightning.batch import IGNORE_INDEX
 from jf_lightning.data.templates import Templater
-
-NUMBER_WORDS = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen", "twenty",
-)  # fmt: skip
-_WORD_TO_DIGITS = {w: str(i) for i, w in enumerate(NUMBER_WORDS)}
-_ARTICLES = {"a", "an", "the"}
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
 def generation_prompt_ids(templater: Templater, prompt: str) -> list[int]:
@@ -91,10 +80,3 @@ def decode_answers(tokenizer, new_ids: torch.Tensor, eos_id: int | None) -> list
             row = row[: row.index(eos_id)]
         texts.append(tokenizer.decode(row, skip_special_tokens=True))
     return texts
-
-
-def normalize_answer(text: str) -> str:
-    """Exact-match form: lowercase, punctuation removed, number words as digits, articles dropped,
-    single spaces ("Two." -> "2", "the top left" -> "top left", "3" -> "3")."""
-    words = _PUNCTUATION.sub(" ", text.lower()).split()
-    return " ".join(_WORD_TO_DIGITS.get(w, w) for w in words if w not in _ARTICLES)

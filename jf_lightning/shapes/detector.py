@@ -1,13 +1,10 @@
-"""Object detectors behind GenEval's rules: a protocol, and a classical detector for the shapes world.
-
-GenEval scores real images with Mask2Former boxes and CLIP colour labels; any object with
-``classes`` and ``detect(image) -> list[Detection]`` plugs into ``metrics.geneval`` the same way.
-"""
+"""A classical detector for the shapes world, behind GenEval's :class:`Detector` interface (where real
+images take Mask2Former boxes and CLIP colour labels)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -16,8 +13,8 @@ from PIL import Image
 # per-component statistics come from scipy.ndimage rather than a hand-written union-find.
 from scipy import ndimage
 
-from jf_lightning.data.shapes_world import COLORS, SHAPES
-from jf_lightning.metrics.geneval import Detection
+from jf_lightning.metrics.geneval import Detection, Detector
+from jf_lightning.shapes.world import COLORS, SHAPES
 
 # The detector's defaults are the shapes world's own palette and classes: one source of truth.
 SHAPES_PALETTE: dict[str, tuple[int, int, int]] = dict(COLORS)
@@ -39,17 +36,6 @@ _PROTOTYPES = {
 # per-feature unit: about half the gap between the closest prototypes on that feature, 2-5 times
 # the spread measured on ground-truth shapes at 32 px
 _FEATURE_SCALE = np.array([0.1, 0.2, 0.25])
-
-
-@runtime_checkable
-class Detector(Protocol):
-    """Anything that finds GenEval objects in an RGB image."""
-
-    classes: Sequence[str]
-
-    def detect(self, image: Image.Image | np.ndarray) -> list[Detection]:
-        """Detections in the pixel coordinates of ``image`` (PIL image or H x W x 3 uint8 array)."""
-        ...
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -80,7 +66,7 @@ class _Shape(NamedTuple):
     confidence: float  # of the shape alone (classify_shape)
 
 
-class ShapesDetector:
+class ShapesDetector(Detector):
     """Colour segmentation, connected components and shape prototypes, for the shapes world.
 
     Each pixel is modelled as a palette colour partly mixed with the white background (edges of

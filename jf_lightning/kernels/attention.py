@@ -1,15 +1,20 @@
-"""The LLM's attention: transformers' SDPA, except for masked attention on CPU.
+"""The LLM's attention on CPU: transformers' SDPA, except for masked attention under bf16 / fp16.
 
 On CPU under bf16 (or fp16), SDPA with an explicit mask runs a flash kernel that is slow on the packed
 rows this project trains on: short rows (256 tokens), 32-dim heads and a block-causal mask. Forward +
 backward over five such rows took ~10 ms a layer, against ~4 ms for the plain matmul-softmax-matmul
-below, and a tiny.yaml training step 15-20% less (one thread; ``python -m benchmarks.attention`` prints
-them). Everywhere else SDPA's own kernels are the right ones, so this delegates: on GPU, in fp32 (where
-the flash kernel is the faster one), and without a mask (transformers then asks for ``is_causal``).
+below (``python -m benchmarks.attention`` prints both).
 
-Registered with transformers under ``ATTN_IMPLEMENTATION``, for both the attention function and the mask
-builder (SDPA's: boolean "may attend" masks, or None where causality alone suffices), so any Llama-family
-model loads with it through ``attn_implementation=ATTN_IMPLEMENTATION``.
+Measured gain on a tiny.yaml bf16 training step (30:62:8 batches, one thread): on the avx512_bf16 machine
+of experiments/tiny.md (session 16) 162 -> 130 ms, 0.80x. On a CPU without bf16 matrix units (AVX2 only,
+where bf16 matmuls are emulated and a step takes ~4 s) it is a loss: with the other kernels on, 3.78 s
+without it against 4.07 s with it (1.08x; a layer 49 ms with SDPA, 138 ms here).
+Everywhere else SDPA's own kernels are the right ones, so this delegates: on GPU, in fp32 (where the flash
+kernel is the faster one), and without a mask (transformers then asks for ``is_causal``).
+
+Nothing is registered on import: ``register_attention()`` (called by ``kernels.use_cpu_kernels``) adds it
+to transformers under ``ATTN_IMPLEMENTATION``, for both the attention function and the mask builder
+(SDPA's: boolean "may attend" masks, or None where causality alone suffices).
 """
 
 from __future__ import annotations
@@ -68,5 +73,9 @@ def jf_sdpa_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTN_IMPLEMENTATION, jf_sdpa_attention_forward)
-AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+def register_attention() -> str:
+    """Register the attention (and SDPA's mask builder) with transformers under ``ATTN_IMPLEMENTATION``;
+    calling it again changes nothing. Returns the name, for ``model.set_attn_implementation``."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, jf_sdpa_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    return ATTN_IMPLEMENTATION

@@ -1,4 +1,4 @@
-"""ShapesDetector on shapes-world-like images drawn here with PIL (independent of data/shapes_world.py)."""
+"""ShapesDetector on shapes-world-like images drawn here with PIL (independent of jf_lightning/shapes/world.py)."""
 
 from collections import Counter
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from jf_lightning.metrics.detectors import SHAPES_PALETTE, Detector, ShapesDetector
+from jf_lightning.metrics.geneval import Detector
+from jf_lightning.shapes.detector import SHAPES_PALETTE, ShapesDetector
 
 CLASSES = ("circle", "square", "triangle")
 

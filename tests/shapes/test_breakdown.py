@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from jf_lightning.data import shapes_world as world
-from jf_lightning.metrics.breakdown import (
+from jf_lightning.shapes import geneval_specs, world
+from jf_lightning.shapes.breakdown import (
     HELD_OUT_SEED,
     held_out_items,
     load_checkpoint_stage,
     score_images,
     summarize_outcomes,
 )
-from jf_lightning.metrics.detectors import ShapesDetector
+from jf_lightning.shapes.detector import ShapesDetector
 from jf_lightning.stages import PretrainingStage
 
 
@@ -36,7 +36,7 @@ def test_held_out_seeds_are_distinct_and_unused_by_validation():
 def test_ground_truth_scores_right_and_failures_get_their_kind():
     items = held_out_items(["colors"], seeds_per_spec=2)
     rng = np.random.default_rng(0)
-    truth = score_images(items, images_of(world.scene_for_spec(spec, rng) for spec, _ in items), ShapesDetector())
+    truth = score_images(items, images_of(geneval_specs.scene_for_spec(spec, rng) for spec, _ in items), ShapesDetector())
     assert np.mean([o.correct for o in truth]) >= 0.97
 
     blank = score_images(items[:4], images_of([world.Scene()] * 4), ShapesDetector())
@@ -44,7 +44,7 @@ def test_ground_truth_scores_right_and_failures_get_their_kind():
     for spec, _ in items[:4]:
         req = spec["include"][0]
         other = next(c for c in world.COLOR_NAMES if c != req["color"])
-        recoloured.append(world.scene_for_spec({**spec, "include": [{**req, "color": other}]}, rng))
+        recoloured.append(geneval_specs.scene_for_spec({**spec, "include": [{**req, "color": other}]}, rng))
     wrong_colour = score_images(items[:4], images_of(recoloured), ShapesDetector())
     summary = summarize_outcomes(blank + wrong_colour)["colors"]
     assert summary["accuracy"] == 0.0 and summary["images"] == 8
@@ -68,5 +68,5 @@ def test_checkpoint_stage_loads_the_checkpoints_weights(tmp_path):
         assert torch.equal(a, b), name
 
     torch.save({"hyper_parameters": dict(stage.hparams), "state_dict": {}}, path)
-    with pytest.raises(ValueError, match="no '_class_path'"):
+    with pytest.raises(ValueError, match="name stage None, not one of jf_lightning's stages"):
         load_checkpoint_stage(path)

@@ -8,7 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jf_lightning.data import shapes_world as W
+from jf_lightning.metrics.geneval import GENEVAL_TASKS
+from jf_lightning.shapes import geneval_specs, language
+from jf_lightning.shapes import world as W
 
 
 def _scenes(n, seed=0):
@@ -51,12 +53,12 @@ def test_sampling_is_deterministic_by_seed():
     assert a == b
     assert a != c
     r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
-    assert [W.text_sample(r1) for _ in range(5)] == [W.text_sample(r2) for _ in range(5)]
-    assert W.understanding_sample(a[0], np.random.default_rng(3)) == W.understanding_sample(
+    assert [language.text_sample(r1) for _ in range(5)] == [language.text_sample(r2) for _ in range(5)]
+    assert language.understanding_sample(a[0], np.random.default_rng(3)) == language.understanding_sample(
         b[0], np.random.default_rng(3)
     )
-    g1 = [W.generation_sample(np.random.default_rng(i)) for i in range(10)]
-    g2 = [W.generation_sample(np.random.default_rng(i)) for i in range(10)]
+    g1 = [language.generation_sample(np.random.default_rng(i)) for i in range(10)]
+    g2 = [language.generation_sample(np.random.default_rng(i)) for i in range(10)]
     assert g1 == g2
 
 
@@ -143,7 +145,7 @@ def test_places():
     assert at(0.8, 0.2).phrase() == "a red circle at the top right"
     assert at(0.5, 0.5).phrase() == "a red circle in the center"
     scene = W.Scene([at(0.2, 0.5), W.Shape("square", "blue", (0.8, 0.2), 0.2)])
-    assert W.caption(scene) == "a red circle on the left and a blue square at the top right"
+    assert language.caption(scene) == "a red circle on the left and a blue square at the top right"
 
 
 def _holds(rel, a, b):
@@ -154,7 +156,7 @@ def _holds(rel, a, b):
 
 
 def test_geneval_spec_tables():
-    sizes = {t: len(W.all_geneval_specs(t)) for t in W.GENEVAL_TASKS}
+    sizes = {t: len(geneval_specs.all_geneval_specs(t)) for t in GENEVAL_TASKS}
     assert sizes == {
         "single_object": 3,
         "two_object": 6,
@@ -163,7 +165,7 @@ def test_geneval_spec_tables():
         "position": 24,
         "color_attr": 180,
     }
-    by_prompt = {s["prompt"]: s for t in W.GENEVAL_TASKS for s in W.all_geneval_specs(t)}
+    by_prompt = {s["prompt"]: s for t in GENEVAL_TASKS for s in geneval_specs.all_geneval_specs(t)}
     assert by_prompt["a photo of a circle"] == {
         "tag": "single_object",
         "include": [{"class": "circle", "count": 1}],
@@ -187,22 +189,22 @@ def test_geneval_spec_tables():
 
 
 def test_geneval_spec_sampling():
-    specs = W.geneval_eval_specs(seed=0, n_per_task=8)
-    assert specs == W.geneval_eval_specs(seed=0, n_per_task=8)
-    assert specs != W.geneval_eval_specs(seed=1, n_per_task=8)
-    assert Counter(s["tag"] for s in specs) == {t: 8 for t in W.GENEVAL_TASKS}
-    many = W.geneval_specs(np.random.default_rng(0), 10)
-    for task in W.GENEVAL_TASKS:
+    specs = geneval_specs.geneval_eval_specs(seed=0, n_per_task=8)
+    assert specs == geneval_specs.geneval_eval_specs(seed=0, n_per_task=8)
+    assert specs != geneval_specs.geneval_eval_specs(seed=1, n_per_task=8)
+    assert Counter(s["tag"] for s in specs) == {t: 8 for t in GENEVAL_TASKS}
+    many = geneval_specs.geneval_specs(np.random.default_rng(0), 10)
+    for task in GENEVAL_TASKS:
         prompts = [s["prompt"] for s in many if s["tag"] == task]
-        assert len(set(prompts)) == min(10, len(W.all_geneval_specs(task)))  # distinct while possible
+        assert len(set(prompts)) == min(10, len(geneval_specs.all_geneval_specs(task)))  # distinct while possible
 
 
-@pytest.mark.parametrize("task", W.GENEVAL_TASKS)
+@pytest.mark.parametrize("task", GENEVAL_TASKS)
 def test_scene_for_spec_satisfies_spec(task):
     rng = np.random.default_rng(7)
-    for spec in W.all_geneval_specs(task)[:40]:
-        scene = W.scene_for_spec(spec, rng)
-        assert W.scene_satisfies_spec(scene, spec)
+    for spec in geneval_specs.all_geneval_specs(task)[:40]:
+        scene = geneval_specs.scene_for_spec(spec, rng)
+        assert geneval_specs.scene_satisfies_spec(scene, spec)
         # independent check from the scene objects: exactly the included objects, colours, relations
         want = Counter(r["class"] for r in spec["include"] for _ in range(r["count"]))
         assert Counter(s.shape for s in scene.shapes) == want
@@ -214,7 +216,7 @@ def test_scene_for_spec_satisfies_spec(task):
                 rel, target = req["position"]
                 (tgt,) = scene.of_class(spec["include"][target]["class"])
                 assert all(_holds(rel, o, tgt) for o in objs), (spec["prompt"], scene)
-        assert spec in W.specs_for_scene(scene)
+        assert spec in geneval_specs.specs_for_scene(scene)
 
 
 def test_scene_satisfies_spec_rejects():
@@ -222,24 +224,24 @@ def test_scene_satisfies_spec_rejects():
         return W.Shape(shape, color, (cx, cy), 0.2)
 
     left = W.Scene([sh("circle", "red", 0.2, 0.5), sh("square", "blue", 0.8, 0.5)])
-    spec = {s["prompt"]: s for s in W.all_geneval_specs("position")}
-    assert W.scene_satisfies_spec(left, spec["a photo of a circle left of a square"])
-    assert not W.scene_satisfies_spec(left, spec["a photo of a circle right of a square"])
-    assert not W.scene_satisfies_spec(left, spec["a photo of a circle above a square"])
-    colors = {s["prompt"]: s for s in W.all_geneval_specs("colors")}
-    assert W.scene_satisfies_spec(left, colors["a photo of a red circle"])
-    assert not W.scene_satisfies_spec(left, colors["a photo of a green circle"])
-    count = {s["prompt"]: s for s in W.all_geneval_specs("counting")}
+    spec = {s["prompt"]: s for s in geneval_specs.all_geneval_specs("position")}
+    assert geneval_specs.scene_satisfies_spec(left, spec["a photo of a circle left of a square"])
+    assert not geneval_specs.scene_satisfies_spec(left, spec["a photo of a circle right of a square"])
+    assert not geneval_specs.scene_satisfies_spec(left, spec["a photo of a circle above a square"])
+    colors = {s["prompt"]: s for s in geneval_specs.all_geneval_specs("colors")}
+    assert geneval_specs.scene_satisfies_spec(left, colors["a photo of a red circle"])
+    assert not geneval_specs.scene_satisfies_spec(left, colors["a photo of a green circle"])
+    count = {s["prompt"]: s for s in geneval_specs.all_geneval_specs("counting")}
     three = W.Scene([sh("circle", "red", x, 0.5) for x in (0.15, 0.5, 0.85)])
-    assert W.scene_satisfies_spec(three, count["a photo of three circles"])
-    assert not W.scene_satisfies_spec(three, count["a photo of two circles"])  # exclude: exactly two
-    assert not W.scene_satisfies_spec(three, count["a photo of four circles"])
+    assert geneval_specs.scene_satisfies_spec(three, count["a photo of three circles"])
+    assert not geneval_specs.scene_satisfies_spec(three, count["a photo of two circles"])  # exclude: exactly two
+    assert not geneval_specs.scene_satisfies_spec(three, count["a photo of four circles"])
 
 
 def _expected_answer(scene, question):
     """The answer computed from the scene objects, parsing the question independently."""
-    if question == W.CAPTION_REQUEST:
-        return W.caption(scene)
+    if question == language.CAPTION_REQUEST:
+        return language.caption(scene)
     words = ["zero", "one", "two", "three", "four"]
     if m := re.fullmatch(r"What color is the (\w+)\?", question):
         (obj,) = scene.of_class(m[1])
@@ -275,37 +277,37 @@ def _expected_answer(scene, question):
 def test_answers_match_scene():
     seen = Counter()
     for scene in _scenes(150, seed=3):
-        for qtype, question, answer in W.questions_for_scene(scene):
-            assert qtype in W.QUESTION_TYPES
+        for qtype, question, answer in language.questions_for_scene(scene):
+            assert qtype in language.QUESTION_TYPES
             assert answer == _expected_answer(scene, question), (question, scene)
             seen[qtype] += 1
-    assert set(seen) == set(W.QUESTION_TYPES)
+    assert set(seen) == set(language.QUESTION_TYPES)
 
 
 def test_understanding_sample_format():
     rng = np.random.default_rng(0)
     types = Counter()
     for scene in _scenes(200, seed=4):
-        sample = W.understanding_sample(scene, rng)
+        sample = language.understanding_sample(scene, rng)
         human, gpt = sample["conversations"]
         assert human["from"] == "human" and gpt["from"] == "gpt"
         assert human["value"].startswith("<image>\n")
         question = human["value"][len("<image>\n") :]
-        assert (sample["question_type"], question, gpt["value"]) in W.questions_for_scene(scene)
+        assert (sample["question_type"], question, gpt["value"]) in language.questions_for_scene(scene)
         types[sample["question_type"]] += 1
-    assert set(types) == set(W.QUESTION_TYPES) and min(types.values()) > 20
+    assert set(types) == set(language.QUESTION_TYPES) and min(types.values()) > 20
 
 
 def test_image_after_question_places_the_image_after_the_first_question():
     scenes = _scenes(200, seed=4)
-    before = [W.understanding_sample(sc, np.random.default_rng(i)) for i, sc in enumerate(scenes)]
-    after = [W.understanding_sample(sc, np.random.default_rng(i), image_after_question=1.0) for i, sc in enumerate(scenes)]
+    before = [language.understanding_sample(sc, np.random.default_rng(i)) for i, sc in enumerate(scenes)]
+    after = [language.understanding_sample(sc, np.random.default_rng(i), image_after_question=1.0) for i, sc in enumerate(scenes)]
     for b, a in zip(before, after):
         question = b["conversations"][0]["value"].removeprefix("<image>\n")
         # the same question and answer (the placement draws nothing at 0 or 1), only the image moves
         assert a["conversations"][0]["value"] == question + "\n<image>"
         assert a["conversations"][1:] == b["conversations"][1:] and a["question_type"] == b["question_type"]
-    mixed = [W.understanding_sample(sc, np.random.default_rng(i), image_after_question=0.5) for i, sc in enumerate(scenes)]
+    mixed = [language.understanding_sample(sc, np.random.default_rng(i), image_after_question=0.5) for i, sc in enumerate(scenes)]
     last = [m["conversations"][0]["value"].endswith("\n<image>") for m in mixed]
     assert 60 < sum(last) < 140  # about half of 200
     for m, b in zip(mixed, before):  # the share is drawn after the questions: they stay the same
@@ -313,14 +315,14 @@ def test_image_after_question_places_the_image_after_the_first_question():
             "conversations"
         ][0]["value"].removeprefix("<image>\n")
     with pytest.raises(ValueError, match="image_after_question"):
-        W.understanding_sample(scenes[0], np.random.default_rng(0), image_after_question=1.5)
+        language.understanding_sample(scenes[0], np.random.default_rng(0), image_after_question=1.5)
 
 
 def test_multi_turn_conversation_asks_different_questions_about_one_image():
     rng = np.random.default_rng(0)
     for scene in _scenes(100, seed=5):
-        qa = W.questions_for_scene(scene)
-        sample = W.understanding_sample(scene, rng, turns=4)
+        qa = language.questions_for_scene(scene)
+        sample = language.understanding_sample(scene, rng, turns=4)
         turns = sample["conversations"]
         humans, gpts = turns[0::2], turns[1::2]
         assert [t["from"] for t in humans] == ["human"] * len(humans) and [t["from"] for t in gpts] == ["gpt"] * len(gpts)
@@ -339,49 +341,49 @@ def test_more_turns_extend_the_one_turn_draw():
     # whatever questions_per_image says
     scenes = _scenes(50, seed=6)
     for i, scene in enumerate(scenes):
-        one = W.understanding_sample(scene, np.random.default_rng(i))
-        four = W.understanding_sample(scene, np.random.default_rng(i), turns=4)
+        one = language.understanding_sample(scene, np.random.default_rng(i))
+        four = language.understanding_sample(scene, np.random.default_rng(i), turns=4)
         assert four["conversations"][:2] == one["conversations"]
         assert four["question_type"] == one["question_type"]
     with pytest.raises(ValueError, match="turns=0"):
-        W.understanding_sample(scenes[0], np.random.default_rng(0), turns=0)
+        language.understanding_sample(scenes[0], np.random.default_rng(0), turns=0)
 
 
 def test_generation_prompts():
     n_caption = 0
     tags = Counter()
     for i in range(300):
-        scene, prompt, spec = W.generation_sample(np.random.default_rng(i))
+        scene, prompt, spec = language.generation_sample(np.random.default_rng(i))
         if spec is None:
             n_caption += 1
-            assert prompt == W.caption(scene)
+            assert prompt == language.caption(scene)
         else:
             assert prompt == spec["prompt"] and prompt.startswith("a photo of ")
-            assert W.scene_satisfies_spec(scene, spec)
+            assert geneval_specs.scene_satisfies_spec(scene, spec)
             tags[spec["tag"]] += 1
     assert 0.15 < n_caption / 300 < 0.35
-    assert set(tags) == set(W.GENEVAL_TASKS)
+    assert set(tags) == set(GENEVAL_TASKS)
     rng = np.random.default_rng(0)
     for scene in _scenes(50, seed=5):
-        prompt, spec = W.generation_prompt(scene, rng)
-        for s in W.specs_for_scene(scene):
-            assert W.scene_satisfies_spec(scene, s) and sum(r["count"] for r in s["include"]) == len(
+        prompt, spec = language.generation_prompt(scene, rng)
+        for s in geneval_specs.specs_for_scene(scene):
+            assert geneval_specs.scene_satisfies_spec(scene, s) and sum(r["count"] for r in s["include"]) == len(
                 scene.shapes
             )
-        assert prompt == (spec["prompt"] if spec else W.caption(scene))
+        assert prompt == (spec["prompt"] if spec else language.caption(scene))
 
 
 def _world_texts(n=200):
     rng = np.random.default_rng(11)
-    texts = [W.text_sample(rng) for _ in range(n)]
+    texts = [language.text_sample(rng) for _ in range(n)]
     for scene in _scenes(n, seed=12):
-        texts += [t for qa in W.questions_for_scene(scene) for t in qa[1:]]
-    texts += [s["prompt"] for t in W.GENEVAL_TASKS for s in W.all_geneval_specs(t)]
+        texts += [t for qa in language.questions_for_scene(scene) for t in qa[1:]]
+    texts += [s["prompt"] for t in GENEVAL_TASKS for s in geneval_specs.all_geneval_specs(t)]
     return texts
 
 
 def test_all_words_covers_every_text():
-    vocab = set(W.all_words())
+    vocab = set(language.all_words())
     words = {w for t in _world_texts() for w in re.findall(r"[A-Za-z]+", t)}
     assert words <= vocab, words - vocab
     assert words >= set(W.SHAPES) | set(W.COLORS) | {"yes", "no", "four", "zero"}
@@ -389,23 +391,23 @@ def test_all_words_covers_every_text():
 
 def test_text_samples_are_sentences():
     rng = np.random.default_rng(0)
-    texts = [W.text_sample(rng) for _ in range(100)]
+    texts = [language.text_sample(rng) for _ in range(100)]
     assert all(2 <= t.count(".") <= 4 and t.endswith(".") for t in texts)
     assert len(set(texts)) > 90
 
 
 def test_generation_and_question_mixes_shift_the_draws():
     rng = np.random.default_rng(0)
-    prompts = [W.generation_sample(rng, {"colors": 1.0}) for _ in range(50)]
+    prompts = [language.generation_sample(rng, {"colors": 1.0}) for _ in range(50)]
     assert all(spec is not None and spec["tag"] == "colors" for _, _, spec in prompts)
     rng = np.random.default_rng(0)
-    types = [W.understanding_sample(W.sample_scene(rng), rng, {"color": 1.0})["question_type"] for _ in range(60)]
+    types = [language.understanding_sample(W.sample_scene(rng), rng, {"color": 1.0})["question_type"] for _ in range(60)]
     # colour is asked whenever the scene supports it; other scenes fall back to a uniform choice
     assert types.count("color") > 40
 
 
 def test_unknown_mix_key_is_refused_in_one_line(tmp_path):
-    from jf_lightning.data.shapes_shards import write_shapes_world
+    from jf_lightning.shapes.shards import write_shapes_world
 
     with pytest.raises(ValueError, match="generation_mix: 'colour'"):
         write_shapes_world(tmp_path / "w", train_samples=2, val_samples=0, generation_mix={"colour": 1.0})

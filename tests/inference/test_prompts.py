@@ -2,14 +2,13 @@ import pytest
 import torch
 
 from jf_lightning.data.templates import Templater
-from jf_lightning.data.tokenizer import build_shapes_tokenizer
-from jf_lightning.metrics.prompting import (
+from jf_lightning.inference.prompts import (
     decode_answers,
     encode_understanding,
     generation_prompt_ids,
-    normalize_answer,
     understanding_prompt_ids,
 )
+from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
 
 T_UND, T_GEN = 3, 4
 
@@ -75,24 +74,3 @@ def test_decode_answers_cuts_at_the_first_eos(tokenizer):
     ids = torch.tensor([[red, eos, blue, blue], [blue, red, pad, pad], [eos, red, red, red]])
     assert decode_answers(tokenizer, ids, eos) == ["red", "blue red", ""]
     assert decode_answers(tokenizer, ids[:1], None) == ["red blue blue"]
-
-
-@pytest.mark.parametrize(
-    ("text", "normal"),
-    [
-        ("Two.", "2"),
-        ("2", "2"),
-        ("  The Top-Left! ", "top left"),
-        ("a red circle", "red circle"),
-        ("twenty", "20"),
-        ("Yes", "yes"),
-        ("", ""),
-    ],
-)
-def test_normalize_answer(text, normal):
-    assert normalize_answer(text) == normal
-
-
-def test_number_words_and_digits_match_both_ways():
-    assert normalize_answer("three") == normalize_answer("3") == normalize_answer("Three!")
-    assert normalize_answer("three") != normalize_answer("four")

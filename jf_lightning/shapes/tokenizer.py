@@ -16,7 +16,7 @@ import string
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from jf_lightning.data.shapes_world import all_words
+from jf_lightning.shapes.language import all_words
 
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from jf_lightning.data import shapes_world as W
-from jf_lightning.data import tokenizer as T
+from jf_lightning.shapes import language
+from jf_lightning.shapes import tokenizer as T
+from jf_lightning.shapes import world as W
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_special_tokens_are_single_tokens(tok, tag):
 
 
 def test_template_splits_into_known_tokens(tok):
-    text = f"{T.BOS_TOKEN}<|User|>: {T.IMAGE_START_TOKEN}{T.IMAGE_TOKEN}{T.IMAGE_END_TOKEN}\n{W.CAPTION_REQUEST}\n\n<|Assistant|>: a red circle{T.EOS_TOKEN}"
+    text = f"{T.BOS_TOKEN}<|User|>: {T.IMAGE_START_TOKEN}{T.IMAGE_TOKEN}{T.IMAGE_END_TOKEN}\n{language.CAPTION_REQUEST}\n\n<|Assistant|>: a red circle{T.EOS_TOKEN}"
     toks = tok.convert_ids_to_tokens(_ids(tok, text))
     assert tok.unk_token not in toks
     assert toks[:7] == [T.BOS_TOKEN, "<", "|", "User", "|", ">", ":"]
@@ -50,7 +51,7 @@ def test_template_splits_into_known_tokens(tok):
 
 
 def test_every_world_word_round_trips(tok):
-    for word in W.all_words() + [w.capitalize() for w in W.all_words()]:
+    for word in language.all_words() + [w.capitalize() for w in language.all_words()]:
         ids = _ids(tok, word)
         assert len(ids) == 1 and ids[0] != tok.unk_token_id, word
         assert tok.decode(ids) == word
@@ -58,11 +59,11 @@ def test_every_world_word_round_trips(tok):
 
 def test_world_texts_round_trip(tok):
     rng = np.random.default_rng(0)
-    texts = [W.text_sample(rng) for _ in range(100)]
+    texts = [language.text_sample(rng) for _ in range(100)]
     for _ in range(100):
         scene = W.sample_scene(rng)
-        texts += [t for qa in W.questions_for_scene(scene) for t in qa[1:]]
-        texts.append(W.generation_prompt(scene, rng)[0])
+        texts += [t for qa in language.questions_for_scene(scene) for t in qa[1:]]
+        texts.append(language.generation_prompt(scene, rng)[0])
     for text in texts:
         ids = _ids(tok, text)
         assert tok.unk_token_id not in ids, text

@@ -17,7 +17,7 @@ circle" a question names; with the patch loss the head names the shape of 0.89 o
 shape after 800 steps (0.93 after 1,000, 0.97 after 1,500), as the hub SigLIP's patches carry their
 object.
 
-    python -m jf_lightning.models.siglip_pretraining --world data/shapes --out data/shapes-siglip
+    python -m jf_lightning.shapes.siglip_pretraining --world data/shapes --out data/shapes-siglip
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,14 @@ import torchvision.transforms.v2.functional as F_v2
 from torch import nn
 from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
 
-from jf_lightning.data import shapes_world
-from jf_lightning.data.shapes_shards import read_manifest
 from jf_lightning.data.sources import RawSample, SourceConfig, decode, iter_members, source_shard_rng
 from jf_lightning.data.transforms import und_resize_and_pad, unit_range
-from jf_lightning.generated_dirs import check_output_dir, write_output_dir
 from jf_lightning.models.config import SiglipConfig, preset
 from jf_lightning.models.und_encoder import SiglipEncoder, build_siglip, save_siglip
+from jf_lightning.schedules import lr_factor
+from jf_lightning.shapes import world as shapes_world
+from jf_lightning.shapes.generated_dirs import check_output_dir, write_output_dir
+from jf_lightning.shapes.shards import read_manifest
 
 RECORD = "pretraining.json"
 
@@ -68,8 +70,8 @@ class SiglipPretrainingConfig:
     seed: int = 0
     max_text_len: int = 48
     """Captions are cut or padded to this many tokens (the text tower pools the last position, as SigLIP's).
-    A demo whose SigLIP padded to the longest caption (30) instead of 48 answered colour questions at
-    0.64 (experiments/tiny.md, session 18; 32: 0.72 in session 15), so 48 it stays."""
+    Demos whose SigLIP padded to the longest caption (30) or to 32 answered colour questions at 0.64 and
+    0.72; every demo with 48 read 0.8 or more (experiments/tiny.md)."""
     dense_weight: float = 0.0
     """Weight of a per-patch loss: a linear head on each patch feature names the (shape, colour) of the
     object under it (``shapes_world.patch_labels``, read from the scene in each generation sample's
@@ -138,9 +140,9 @@ class _PairTable:
     memory, served in the order a ``ResampledStream`` reads them (shards drawn with replacement, each
     read through), so the batches are the ones streaming gave, to the bit.
 
-    Streaming decoded each tar member again on each of the ~6 times a pair is drawn (1,000 steps x 128
-    of 20,000 pairs): reading took 47 of a step's 309 ms (benchmarks/siglip_pretraining.py). A 32 px
-    world costs 3 KB a pair (uint8 pixels), 61 MB for tiny.yaml's 20,000.
+    Streaming would decode each tar member again each of the ~6 times a pair is drawn (1,000 steps x 128
+    of 20,000 pairs): that reading takes 47 of a streamed step's 309 ms (benchmarks/siglip_pretraining.py).
+    A 32 px world costs 3 KB a pair (uint8 pixels), 61 MB for tiny.yaml's 20,000.
     """
 
     def __init__(self, world: Path, siglip: SiglipConfig, max_text_len: int, seed: int, patch_labels: bool):
@@ -234,7 +236,7 @@ def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], Siglip
     model = ContrastivePair(siglip, len(data.tokenizer), config.max_text_len, data.tokenizer.pad_token_id, num_labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, config.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup))
     start, losses, dense_losses = time.perf_counter(), [], []
     for step in range(config.steps):
         pixels, ids, labels = data.next(config.batch_size)
@@ -264,6 +266,12 @@ def _train(config: SiglipPretrainingConfig, log) -> tuple[dict[str, Any], Siglip
     return record, model.vision
 
 
+def siglip_ready(out_dir: str | os.PathLike, config: SiglipPretrainingConfig) -> bool:
+    """Whether ``out_dir`` already holds this pretraining, on the world as it is now."""
+    manifest = read_manifest(config.world)
+    return manifest is not None and _check_target(Path(out_dir).absolute(), config, manifest["params"]) is not None
+
+
 def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig, log=print) -> dict[str, Any]:
     """Pretrain, save the vision tower (timm format) and ``pretraining.json`` into ``out_dir``; return
     the record. Does nothing when ``out_dir`` already holds the same pretraining."""
@@ -272,8 +280,8 @@ def pretrain_siglip(out_dir: str | os.PathLike, config: SiglipPretrainingConfig,
     existing = _check_target(out, config, world)
     if existing is not None:
         return existing
-    # Seeded privately: a run that pretrains first must draw the same training randomness as a later
-    # run that finds the encoder already there.
+    # Seeded privately: the caller's global RNG is left as it was, so whatever runs next in the same
+    # process draws the same numbers whether the encoder was made here or found already there.
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         record, vision = _train(config, log)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from jf_lightning.data.shapes_shards import write_shapes_world
 from jf_lightning.data.sources import ResampledStream, SourceConfig
 from jf_lightning.data.transforms import und_transform
 from jf_lightning.models.config import preset
-from jf_lightning.models.siglip_pretraining import (
+from jf_lightning.models.und_encoder import build_siglip
+from jf_lightning.shapes.shards import write_shapes_world
+from jf_lightning.shapes.siglip_pretraining import (
     RECORD,
     SiglipPretrainingConfig,
     _PairTable,
@@ -20,7 +21,6 @@ from jf_lightning.models.siglip_pretraining import (
     pretrain_siglip,
     sigmoid_loss,
 )
-from jf_lightning.models.und_encoder import build_siglip
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +135,3 @@ def test_missing_world_and_script_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exc.value.code == 2 and "no shapes world" in capsys.readouterr().err
-
-
-def test_cli_prepare_inputs_refuses_a_bad_spec_in_one_line(world):
-    from jsonargparse import Namespace
-
-    from jf_lightning.cli import prepare_inputs
-
-    with pytest.raises(ValueError, match="out_dir is required"):
-        prepare_inputs(Namespace(siglip_pretraining={"world": str(world)}))
-    with pytest.raises(ValueError, match="siglip_pretraining: .*stepz"):
-        prepare_inputs(Namespace(siglip_pretraining={"world": str(world), "out_dir": "x", "stepz": 3}))

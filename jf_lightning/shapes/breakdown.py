@@ -1,16 +1,15 @@
 """Where a generator fails on the shapes world's GenEval prompts: every spec of a task, several noise seeds
 each, scored prompt by prompt with the reason of every failure.
 
-The validation callback answers "how good" on 48 prompts per task, a readout that moved by about +-0.08
-between two trajectories of one config (experiments/tiny.md, session 19). This answers "on what", on
-noise seeds the callback never uses: which colour or shape fails, and whether a failure is an empty
-canvas, another shape, or the wrong colour.
+The validation callback answers "how good" on a fixed prompt set; at 48 prompts per task its readout
+moved by about +-0.08 between two trajectories of one config (experiments/tiny.md). This answers "on
+what", on noise seeds the callback never uses: which colour or shape fails, and whether a failure is an
+empty canvas, another shape, or the wrong colour.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from jf_lightning.data.shapes_world import all_geneval_specs
-from jf_lightning.metrics.detectors import Detector
-from jf_lightning.metrics.geneval import GenEvalOptions, evaluate_image
+from jf_lightning.metrics.geneval import Detector, GenEvalOptions, evaluate_image
+from jf_lightning.shapes.geneval_specs import all_geneval_specs
+from jf_lightning.stages import AdaptationStage, PretrainingStage, SFTStage
 
 HELD_OUT_SEED = 1000
 """First noise seed: the callback's images use seeds 0 .. 6 * n_per_task - 1."""
@@ -121,13 +120,17 @@ def load_checkpoint_stage(ckpt_path: str | Path, overrides: dict[str, Any] | Non
     the EMA callback writes them as the checkpoint's state_dict), in eval mode. ``overrides`` replace
     dotted model-config keys the checkpoint recorded, such as a ``siglip.source`` path relative to
     the directory the run started in."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     hparams = dict(state.get("hyper_parameters") or {})
     class_path = hparams.get("_class_path")
-    if class_path is None:
-        raise ValueError(f"{ckpt_path}: no '_class_path' in its hyper_parameters; was it written by `jf_lightning fit`?")
-    module_name, _, class_name = class_path.rpartition(".")
-    stage_class = getattr(importlib.import_module(module_name), class_name)
+    stages = {f"{cls.__module__}.{cls.__name__}": cls for cls in (AdaptationStage, PretrainingStage, SFTStage)}
+    stages |= {f"jf_lightning.stages.{cls.__name__}": cls for cls in stages.values()}  # as configs name them
+    if class_path not in stages:
+        raise ValueError(
+            f"{ckpt_path}: its hyper_parameters name stage {class_path!r}, not one of jf_lightning's stages; "
+            "was it written by `python -m jf_lightning fit`?"
+        )
+    stage_class = stages[class_path]
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     kwargs["overrides"] = {**(kwargs.get("overrides") or {}), **(overrides or {})}
     stage = stage_class(**kwargs)

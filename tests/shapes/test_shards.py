@@ -11,9 +11,10 @@ import webdataset as wds
 from PIL import Image
 from transformers import AutoTokenizer
 
-from jf_lightning.data import shapes_shards
-from jf_lightning.data import shapes_world as W
-from jf_lightning.data.shapes_shards import FORMAT_VERSION, write_shapes_world
+from jf_lightning.shapes import geneval_specs, language
+from jf_lightning.shapes import shards as shapes_shards
+from jf_lightning.shapes import world as W
+from jf_lightning.shapes.shards import FORMAT_VERSION, write_shapes_world
 
 PARAMS = {"seed": 3, "train_samples": 7, "val_samples": 4, "image_size": 32, "samples_per_shard": 3}
 
@@ -77,7 +78,7 @@ def test_understanding_members(world_dir):
         human, gpt = meta["conversations"]
         assert human["value"].startswith("<image>\n")
         qa = (meta["question_type"], human["value"].removeprefix("<image>\n"), gpt["value"])
-        assert qa in W.questions_for_scene(scene)  # the answer is right for the image
+        assert qa in language.questions_for_scene(scene)  # the answer is right for the image
 
 
 def test_generation_and_text_members(world_dir):
@@ -92,9 +93,9 @@ def test_generation_and_text_members(world_dir):
             np.asarray(Image.open(io.BytesIO(s["png"]))), np.asarray(W.render_scene(scene, 32))
         )
         if "spec" in meta:
-            assert meta["spec"]["prompt"] == prompt and W.scene_satisfies_spec(scene, meta["spec"])
+            assert meta["spec"]["prompt"] == prompt and geneval_specs.scene_satisfies_spec(scene, meta["spec"])
         else:
-            assert prompt == W.caption(scene)
+            assert prompt == language.caption(scene)
     text = _read(world_dir, manifest["shards"]["text"]["train"])
     assert len(text) == 7 and all(set(s) - {"__key__", "__url__", "__local_path__"} == {"txt"} for s in text)
     assert all(s["txt"].decode("utf-8").endswith(".") for s in text)
@@ -171,7 +172,7 @@ def test_questions_per_image_writes_multi_turn_conversations(tmp_path):
         meta = json.loads(sample["json"])
         scene = W.Scene.from_dict(meta["scene"])
         turns = meta["conversations"]
-        assert len(turns) == 2 * min(3, len(W.questions_for_scene(scene)))
+        assert len(turns) == 2 * min(3, len(language.questions_for_scene(scene)))
     with pytest.raises(ValueError, match="questions_per_image >= 1"):
         write_shapes_world(tmp_path / "none", **PARAMS, questions_per_image=0)
 
