@@ -28,9 +28,10 @@ from typing import Any
 import mlflow
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import MLFlowLogger
 
+from jf_lightning import compare
 from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.evaluation import run_dir
@@ -133,6 +134,12 @@ class JanusFlowCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._warn_replaced_model_args(config)
+        # Checked before any class is built: building the logger already creates the MLflow store.
+        if self.subcommand == "fit":
+            check_cooldown_fits(_model_init_args(config).get("cooldown_steps") or 0, config.trainer.max_steps)
+        if self.subcommand in ("fit", "validate"):
+            inputs = [instantiate_class((), spec.as_dict()) for spec in config.get("prepare") or []]
+            check_ready(inputs, self.prepare_command())
         logger = config.trainer.logger
         if isinstance(logger, dict) or not hasattr(logger, "class_path"):
             return
@@ -140,9 +147,15 @@ class JanusFlowCLI(LightningCLI):
             args = logger.init_args
             if args.experiment_name == AUTO:
                 args.experiment_name = config_stem(config)
+            stage = config.model.class_path.rsplit(".", 1)[-1]
             if args.run_name is None:
-                stage = config.model.class_path.rsplit(".", 1)[-1]
                 args.run_name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+            # What `compare` groups and names runs by; tags the user gives win.
+            files = [str(c) for c in (config.get("config") or [])]
+            model_args = _model_init_args(config)
+            tags = compare.run_tags(files[0] if files else None, stage, model_args.get("ablation"),
+                                    model_args.get("preset"))  # fmt: skip
+            args.tags = {**tags, **(args.tags or {})}
 
     def _warn_replaced_model_args(self, config) -> None:
         # With --ckpt_path, LightningCLI replaces the model's init arguments by the checkpoint's
@@ -164,6 +177,11 @@ class JanusFlowCLI(LightningCLI):
         if not trainer.loggers:  # `logger: false`: LearningRateMonitor would refuse to start
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         relabel_default_progress_bar(trainer)
+        # Instantiation parsed the tag values as YAML ("True" -> True, "0123" -> 123), and a tracking
+        # server refuses a tag that is not a string.
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger) and logger.tags:
+                logger.tags = {key: str(value) for key, value in logger.tags.items()}
         return trainer
 
     def prepared_inputs(self) -> list[PreparedInput]:
@@ -174,15 +192,6 @@ class JanusFlowCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         files = " ".join(f"-c {c}" for c in config.get("config") or [])
         return f"python -m jf_lightning prepare {files}".strip()
-
-    def before_fit(self) -> None:
-        config = self.config[self.subcommand]
-        # Said now, before any input is checked or any model is built.
-        check_cooldown_fits(_model_init_args(config).get("cooldown_steps") or 0, config.trainer.max_steps)
-        check_ready(self.prepared_inputs(), self.prepare_command())
-
-    def before_validate(self) -> None:
-        check_ready(self.prepared_inputs(), self.prepare_command())
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
@@ -247,7 +256,7 @@ def measure_gradient_balance(args: list[str]) -> None:
     print(gradient_balance.report(cli.model, cli.datamodule, known.ckpt, known.batches))
 
 
-COMMANDS = {"prepare": prepare, "gradient-balance": measure_gradient_balance}
+COMMANDS = {"prepare": prepare, "gradient-balance": measure_gradient_balance, "compare": compare.main}
 
 
 def main(args: list[str] | None = None) -> None:

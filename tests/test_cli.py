@@ -121,7 +121,7 @@ def test_resuming_warns_for_each_model_argument_the_checkpoint_replaces(tmp_path
     hparams = {"_class_path": "jf_lightning.stages.PretrainingStage", "time_mean": 0.0, "cooldown_steps": 800}
     torch.save({"hyper_parameters": hparams}, ckpt)
     args = ["fit", "-c", str(TINY), f"--ckpt_path={ckpt}", "--trainer.logger=false",
-            "--model.init_args.time_mean=-0.5", "--model.init_args.cooldown_steps=800"]  # fmt: skip
+            "--model.init_args.time_mean=-0.5", "--model.init_args.cooldown_steps=800", "--prepare=[]"]  # fmt: skip
     with pytest.warns(UserWarning, match=r"model.init_args.time_mean is 0.0 from the checkpoint, not -0.5") as seen:
         cli = ParseOnlyCLI(args=args)
     assert cli.config.fit.model.init_args.time_mean == 0.0  # what LightningCLI does; the warning says so
@@ -146,7 +146,6 @@ def test_a_misspelt_prepare_setting_is_refused_before_anything_is_written(tmp_pa
 
 
 def test_a_cooldown_longer_than_max_steps_is_refused_before_the_inputs_are_checked(tmp_path):
-    cli = ParseOnlyCLI(args=["fit", "-c", str(TINY), "--trainer.max_steps=100", "--trainer.logger=false"])
     with pytest.raises(ValueError, match="cooldown_steps 800 needs trainer.max_steps >= it \\(max_steps is 100\\)"):
-        cli.before_fit()
+        ParseOnlyCLI(args=["fit", "-c", str(TINY), "--trainer.max_steps=100", "--trainer.logger=false"])
     assert not (tmp_path / "data").exists()  # tiny.yaml's world and SigLIP were not started

@@ -25,6 +25,7 @@ from jf_lightning.flow.rectified_flow import (
     sample_logit_normal,
     velocity_target,
 )
+from jf_lightning.inputs import UserInputError
 from jf_lightning.kernels import use_cpu_kernels
 from jf_lightning.models.config import Ablation, JanusFlowConfig, with_ablation
 from jf_lightning.models.config import preset as preset_config
@@ -112,7 +113,7 @@ def part_groups(model: JanusFlow) -> dict[str, list[str]]:
 def check_cooldown_fits(cooldown: int, max_steps: int | None) -> None:
     """The cool-down ends where training does, so it needs a step budget at least as long."""
     if cooldown and (max_steps is None or max_steps < cooldown):
-        raise ValueError(
+        raise UserInputError(
             f"model.init_args.cooldown_steps {cooldown} needs trainer.max_steps >= it (max_steps is {max_steps})"
         )
 
