@@ -30,6 +30,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf.errors import OmegaConfBaseException
 
 from jf_lightning import compare
 from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
@@ -39,8 +40,9 @@ from jf_lightning.callbacks.phase_timer import PhaseTimer
 from jf_lightning.callbacks.progress import relabel_default_progress_bar
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.inputs import PreparedInput, UserInputError, check_ready
+from jf_lightning.models.config import resolve_config
 from jf_lightning.stages import gradient_balance
-from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits, resolve_config
+from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits
 
 AUTO = "auto"
 """Experiment name placeholder: replaced by the stem of the first config file."""
@@ -90,6 +92,7 @@ class SaveConfigToRun(SaveConfigCallback):
 class JanusFlowCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs):
         self.configured_model_args: dict[str, Any] = {}  # before --ckpt_path replaced them
+        self.recipe_files: list[str] = []
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
         kwargs.setdefault("trainer_defaults", {
             "default_root_dir": DEFAULT_ROOT_DIR,
@@ -115,6 +118,11 @@ class JanusFlowCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_argument(
+            "--base", type=str | None, default=None,
+            help="The config file this one builds on (relative to it): the CLI reads the base first, then "
+            "this file's differences. Set in recipe files, not on the command line.",
+        )  # fmt: skip
+        parser.add_argument(
             "--prepare", type=list[PreparedInput], default=[],
             help="Inputs this config makes for itself (a generated data set, an encoder pretrained on it), "
             "in order: `python -m jf_lightning prepare -c <config>` makes them; fit and validate refuse to "
@@ -127,6 +135,10 @@ class JanusFlowCLI(LightningCLI):
             )
 
     def parse_arguments(self, parser, args) -> None:
+        if args is None or isinstance(args, list):
+            args = list(sys.argv[1:] if args is None else args)
+            self.recipe_files = config_files(args)  # as the user gave them, before their bases
+            args = expand_bases(args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         self.configured_model_args = _model_init_args(self.config[subcommand]) if subcommand else {}
@@ -146,14 +158,13 @@ class JanusFlowCLI(LightningCLI):
         if logger.class_path.endswith("MLFlowLogger"):
             args = logger.init_args
             if args.experiment_name == AUTO:
-                args.experiment_name = config_stem(config)
+                args.experiment_name = self.recipe
             stage = config.model.class_path.rsplit(".", 1)[-1]
             if args.run_name is None:
                 args.run_name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
             # What `compare` groups and names runs by; tags the user gives win.
-            files = [str(c) for c in (config.get("config") or [])]
             model_args = _model_init_args(config)
-            tags = compare.run_tags(files[0] if files else None, stage, model_args.get("ablation"),
+            tags = compare.run_tags(self.recipe_files[0] if self.recipe_files else None, stage, model_args.get("ablation"),
                                     model_args.get("preset"))  # fmt: skip
             args.tags = {**tags, **(args.tags or {})}
 
@@ -162,6 +173,9 @@ class JanusFlowCLI(LightningCLI):
         # hyperparameters, so a value changed for the resumed run would be dropped without a word.
         if not config.get("ckpt_path"):
             return
+        init_args = config.model.get("init_args")
+        if init_args is not None and init_args.get("init_from"):
+            init_args.init_from = None  # the checkpoint restores every weight: its source need not exist now
         resumed = _model_init_args(config)
         configured = self.configured_model_args
         for key in sorted(k for k in configured if configured[k] != resumed.get(k)):
@@ -177,6 +191,14 @@ class JanusFlowCLI(LightningCLI):
         if not trainer.loggers:  # `logger: false`: LearningRateMonitor would refuse to start
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         relabel_default_progress_bar(trainer)
+        accumulate = self.datamodule.accumulation(trainer.world_size) if self.datamodule is not None else None
+        if accumulate is not None:
+            if trainer.accumulate_grad_batches != 1:
+                raise UserInputError(
+                    "give data.global_batch_size or trainer.accumulate_grad_batches, not both: the global "
+                    "batch size sets the accumulation"
+                )
+            trainer.accumulate_grad_batches = accumulate
         # Instantiation parsed the tag values as YAML ("True" -> True, "0123" -> 123), and a tracking
         # server refuses a tag that is not a string.
         for logger in trainer.loggers:
@@ -189,19 +211,81 @@ class JanusFlowCLI(LightningCLI):
         return list(config.get("prepare") or [])
 
     def prepare_command(self) -> str:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        files = " ".join(f"-c {c}" for c in config.get("config") or [])
+        files = " ".join(f"-c {c}" for c in self.recipe_files)
         return f"python -m jf_lightning prepare {files}".strip()
+
+    @property
+    def recipe(self) -> str:
+        """The stem of the first config file the user gave (the experiment's name), or ``jf_lightning``."""
+        return Path(self.recipe_files[0]).stem if self.recipe_files else "jf_lightning"
+
+    def before_fit(self) -> None:
+        self.datamodule.setup("fit")  # every shard pattern checked (one line each) before a model is built
+
+    def before_validate(self) -> None:
+        self.datamodule.setup("validate")
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer))
 
 
-def config_stem(config) -> str:
-    """The stem of the first config file (the experiment's name), or ``jf_lightning``."""
-    files = [Path(str(c)) for c in (config.get("config") or [])]
-    return files[0].stem if files else "jf_lightning"
+def config_files(args: list[str]) -> list[str]:
+    """The files of ``-c`` / ``--config`` in ``args``, in order."""
+    files = []
+    for flag, after in zip(args, [*args[1:], None]):
+        if flag in ("-c", "--config") and after is not None:
+            files.append(after)
+        elif flag.startswith("--config="):
+            files.append(flag.split("=", 1)[1])
+    return files
+
+
+def expand_bases(args: list[str]) -> list[str]:
+    """Each ``-c recipe.yaml`` becomes ``-c <base of its base> -c <its base> -c recipe.yaml``: a recipe
+    names what it builds on with a top-level ``base:`` (a path relative to the recipe), and states only
+    what differs. Later files override earlier ones: values and plain lists are replaced, mappings and
+    ``init_args`` of the same ``class_path`` merge (jsonargparse), list entries of the same class too."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, value = args[i], None
+        if flag in ("-c", "--config") and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+        elif flag.startswith("--config="):
+            value, i = flag.split("=", 1)[1], i + 1
+        else:
+            out.append(flag)
+            i += 1
+            continue
+        out += [part for path in base_chain(value) for part in ("-c", path)]
+    return out
+
+
+def base_chain(path: str, seen: tuple[str, ...] = ()) -> list[str]:
+    """``path``'s bases, farthest first, then ``path``; one-line errors for what a parser would report
+    without naming the file (an empty file, broken YAML, a missing base, a cycle)."""
+    file = Path(path)
+    if not file.is_file():
+        return [path]  # the parser says it does not exist
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserInputError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        raise UserInputError(f"{path} is empty: a config needs at least one section (model, data, trainer, ...)")
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: a config is a mapping of sections, not a {type(data).__name__}")
+    if not data.get("base"):
+        return [path]
+    base = str(file.parent / str(data["base"]))
+    if base in seen or base == path:
+        raise UserInputError(f"{path}: base {data['base']!r} builds on itself ({' -> '.join((*seen, path, base))})")
+    if not Path(base).is_file():
+        raise UserInputError(f"{path}: its base {data['base']!r} does not exist (looked for {base})")
+    return [*base_chain(base, (*seen, path)), path]
 
 
 def _model_init_args(config) -> dict[str, Any]:
@@ -262,6 +346,8 @@ COMMANDS = {"prepare": prepare, "gradient-balance": measure_gradient_balance, "c
 def main(args: list[str] | None = None) -> None:
     # Frozen parts are in eval mode on purpose (the stage's freeze policy): not worth a warning.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # The CLI hands LightningCLI the arguments with recipe bases expanded (expand_bases) on purpose.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv and argv[0] in COMMANDS:
@@ -270,6 +356,9 @@ def main(args: list[str] | None = None) -> None:
             JanusFlowCLI(args=args)
     except UserInputError as err:
         sys.exit(f"jf_lightning: error: {err}")
+    except OmegaConfBaseException as err:  # an interpolation in a config: ${oc.env:VAR} unset, a bad key
+        key = getattr(err, "full_key", None)
+        sys.exit(f"jf_lightning: error: {str(err).splitlines()[0]}" + (f" (at {key})" if key else ""))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from jf_lightning.cli import JanusFlowCLI, main, run_summary
-from jf_lightning.stages.base import resolve_config
+from jf_lightning.models.config import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"

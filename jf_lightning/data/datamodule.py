@@ -15,6 +15,8 @@ The ratio schedule is written in optimizer steps (as the paper's Table 1); one o
 from __future__ import annotations
 
 import itertools
+import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from jf_lightning.data.packing import pack
 from jf_lightning.data.sources import KINDS, Kind, OrderedStream, RawSample, ResampledStream, SourceConfig
 from jf_lightning.data.templates import Templater, TemplateStyle
 from jf_lightning.data.transforms import gen_transform, und_transform
+from jf_lightning.inputs import UserInputError
 
 _TRAIN, _VAL = 0, 1  # RNG stream tags: validation never shares random numbers with training
 
@@ -123,9 +126,34 @@ class _StreamLoader(DataLoader):
         return super().__iter__()
 
 
-def _group(sources: list[SourceConfig]) -> dict[Kind, list[SourceConfig]]:
-    resolved = [s.resolved() for s in sources]  # raises on missing shards, before training starts
+def _group(sources: list[SourceConfig], key: str, root: str | None) -> dict[Kind, list[SourceConfig]]:
+    """Sources by kind, their patterns expanded to shard lists (relative local ones under ``root``);
+    a missing shard is a one-line error naming the config key, before training starts."""
+    resolved = []
+    for i, source in enumerate(sources):
+        try:
+            resolved.append(_under_root(source, root).resolved())
+        except (FileNotFoundError, ValueError) as err:
+            hint = ""
+            if any(_is_relative(u) for u in ([source.urls] if isinstance(source.urls, str) else source.urls)):
+                where = f"under data.data_root {root!r}" if root else "in the working directory (data.data_root is unset)"
+                hint = (f"; relative patterns are looked up {where}: set data.data_root (the recipes read it "
+                        "from $JF_DATA_ROOT) to the folder holding your shards (data/README.md)")  # fmt: skip
+            raise UserInputError(f"data.{key}[{i}]: {err}{hint}") from None
     return {k: [s for s in resolved if s.kind == k] for k in KINDS if any(s.kind == k for s in resolved)}
+
+
+def _is_relative(url: str) -> bool:
+    return "://" not in url and not url.startswith(("/", "pipe:", "file:"))
+
+
+def _under_root(source: SourceConfig, root: str | None) -> SourceConfig:
+    """``source`` with its relative local patterns joined to ``root``."""
+    if root is None:
+        return source
+    patterns = [source.urls] if isinstance(source.urls, str) else list(source.urls)
+    joined = [os.path.join(root, u) if _is_relative(u) else u for u in patterns]
+    return replace(source, urls=joined[0] if isinstance(source.urls, str) else joined)
 
 
 class JanusFlowDataModule(LightningDataModule):
@@ -153,6 +181,8 @@ class JanusFlowDataModule(LightningDataModule):
         num_workers: int = 4,
         seed: int = 0,
         val_batches: int = 8,
+        data_root: str | None = None,
+        global_batch_size: int | None = None,
     ):
         """
         Args:
@@ -173,6 +203,13 @@ class JanusFlowDataModule(LightningDataModule):
             num_workers: DataLoader workers; each builds whole batches.
             seed: Seeds every random choice (with the batch index) and the per-worker shard streams.
             val_batches: Number of validation batches (a fixed sequence).
+            data_root: Folder that relative local shard patterns of ``sources`` and ``val_sources`` are
+                looked up in (None: the working directory). The paper's recipes set it from
+                ``$JF_DATA_ROOT``.
+            global_batch_size: Samples per optimizer step over all processes. Given, the CLI sets
+                ``trainer.accumulate_grad_batches`` to ``global_batch_size / (batch_size x world size)``
+                and refuses a world size that cannot make it; None: ``batch_size`` per process and
+                micro-step, with the trainer's own accumulation.
         """
         super().__init__()
         if not 0.0 <= prompt_drop_prob <= 1.0:
@@ -184,7 +221,12 @@ class JanusFlowDataModule(LightningDataModule):
         self.schedule = RatioSchedule(ratio_schedule)
         self.batch_size, self.seq_len, self.prompt_drop_prob = batch_size, seq_len, prompt_drop_prob
         self.template, self.num_workers, self.seed = template, num_workers, seed
-        self.val_batches = val_batches
+        self.val_batches, self.data_root, self.global_batch_size = val_batches, data_root, global_batch_size
+        if global_batch_size is not None and global_batch_size % batch_size:
+            raise UserInputError(
+                f"data.global_batch_size {global_batch_size} is not a multiple of data.batch_size {batch_size} "
+                "(the per-device micro-batch): change either"
+            )
         self._tokenizer = None
         self._train: dict[Kind, list[SourceConfig]] | None = None
         self._val: dict[Kind, list[SourceConfig]] | None = None
@@ -210,10 +252,24 @@ class JanusFlowDataModule(LightningDataModule):
             return trainer.global_rank, trainer.world_size, trainer.world_size * accumulate
         return 0, 1, accumulate
 
+    def accumulation(self, world_size: int) -> int | None:
+        """Micro-steps per optimizer step that make ``global_batch_size`` on ``world_size`` processes
+        (None without a global batch size); a one-line error when no whole number does."""
+        if self.global_batch_size is None:
+            return None
+        per_micro_step = self.batch_size * world_size
+        if self.global_batch_size % per_micro_step:
+            raise UserInputError(
+                f"data.global_batch_size {self.global_batch_size} cannot be made by {world_size} process(es) of "
+                f"data.batch_size {self.batch_size}: it must be a multiple of {per_micro_step}; change "
+                "data.batch_size or the number of processes"
+            )
+        return self.global_batch_size // per_micro_step
+
     def setup(self, stage: str | None = None) -> None:
         """Check every shard pattern and the tokenizer before any training step."""
         if stage in (None, "fit") and self._train is None:
-            self._train = _group(self.sources)
+            self._train = _group(self.sources, "sources", self.data_root)
             missing = sorted(self.schedule.kinds_used() - set(self._train))
             if missing:
                 raise ValueError(
@@ -221,7 +277,7 @@ class JanusFlowDataModule(LightningDataModule):
                 )
         if stage in (None, "fit", "validate") and self.val_sources:
             if self._val is None:
-                self._val = _group(self.val_sources)
+                self._val = _group(self.val_sources, "val_sources", self.data_root)
             self._check_val_share()  # every time: the world size is known only once the trainer runs
         self._templater()
 

@@ -8,8 +8,9 @@ init (the only way the tiny preset and the tests build anything: no downloads).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 UndEncoderKind = Literal["siglip", "shared_gen", "vae_convnext", "none"]
 RepaTarget = Literal["und_encoder", "siglip"]
@@ -285,4 +286,46 @@ def with_ablation(cfg: JanusFlowConfig, ablation: Ablation) -> JanusFlowConfig:
         cfg.repa.target = "siglip"
     elif ablation != "F":
         raise ValueError(f"unknown ablation {ablation!r}: choose one of A B C D E F")
+    return cfg
+
+
+def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _leaf_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def apply_overrides(cfg: JanusFlowConfig, overrides: dict[str, Any] | None) -> JanusFlowConfig:
+    """Set dotted keys (``{"llm.source": "...", "repa.layer": 8}``) on a copy of ``cfg``."""
+    cfg = dataclasses.replace(cfg)  # the top level; nested parts are replaced below as they change
+    valid = _leaf_keys(cfg)
+    for key, value in (overrides or {}).items():
+        if key not in valid:
+            raise ValueError(f"unknown model override {key!r}: valid keys are {', '.join(valid)}")
+        *path, leaf = key.split(".")
+        parent = cfg
+        for name in path:  # copy each nested dataclass on the way so the preset object stays untouched
+            child = dataclasses.replace(getattr(parent, name))
+            setattr(parent, name, child)
+            parent = child
+        if isinstance(getattr(parent, leaf), tuple) and isinstance(value, list):
+            value = tuple(value)  # YAML has no tuples
+        setattr(parent, leaf, value)
+    return cfg
+
+
+def resolve_config(
+    preset_name: str = "tiny", ablation: str | None = None, overrides: dict | None = None
+) -> JanusFlowConfig:
+    """Preset, then the Table 6 ablation, then the user's dotted overrides; validated."""
+    cfg = preset(preset_name)
+    if ablation is not None:
+        cfg = with_ablation(cfg, ablation)
+    cfg = apply_overrides(cfg, overrides)
+    cfg.validate()
     return cfg

@@ -133,6 +133,7 @@ def load_checkpoint_stage(ckpt_path: str | Path, overrides: dict[str, Any] | Non
     stage_class = stages[class_path]
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     kwargs["overrides"] = {**(kwargs.get("overrides") or {}), **(overrides or {})}
+    kwargs["init_from"] = None  # the checkpoint's own weights are loaded below
     stage = stage_class(**kwargs)
     stage.configure_model()
     stage.load_state_dict(state["state_dict"])

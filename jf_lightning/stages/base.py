@@ -7,7 +7,6 @@ only samples the flow inputs, calls the model and weighs the losses.
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from jf_lightning.batch import IGNORE_INDEX, PackedBatch
@@ -27,57 +27,12 @@ from jf_lightning.flow.rectified_flow import (
 )
 from jf_lightning.inputs import UserInputError
 from jf_lightning.kernels import use_cpu_kernels
-from jf_lightning.models.config import Ablation, JanusFlowConfig, with_ablation
-from jf_lightning.models.config import preset as preset_config
+from jf_lightning.models.config import Ablation, resolve_config
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
 from jf_lightning.schedules import check_start_steps, lr_factor, segment_at
+from jf_lightning.stages.init_from import InitWeights, load_initial_weights
 
 PartGroup = Literal["llm", "siglip", "adapters"]
-
-
-# ------------------------------------------------------------------------------------ model config
-
-
-def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _leaf_keys(value, f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def apply_overrides(cfg: JanusFlowConfig, overrides: dict[str, Any] | None) -> JanusFlowConfig:
-    """Set dotted keys (``{"llm.source": "...", "repa.layer": 8}``) on a copy of ``cfg``."""
-    cfg = dataclasses.replace(cfg)  # the top level; nested parts are replaced below as they change
-    valid = _leaf_keys(cfg)
-    for key, value in (overrides or {}).items():
-        if key not in valid:
-            raise ValueError(f"unknown model override {key!r}: valid keys are {', '.join(valid)}")
-        *path, leaf = key.split(".")
-        parent = cfg
-        for name in path:  # copy each nested dataclass on the way so the preset object stays untouched
-            child = dataclasses.replace(getattr(parent, name))
-            setattr(parent, name, child)
-            parent = child
-        if isinstance(getattr(parent, leaf), tuple) and isinstance(value, list):
-            value = tuple(value)  # YAML has no tuples
-        setattr(parent, leaf, value)
-    return cfg
-
-
-def resolve_config(
-    preset: str = "tiny", ablation: str | None = None, overrides: dict | None = None
-) -> JanusFlowConfig:
-    """Preset, then the Table 6 ablation, then the user's dotted overrides; validated."""
-    cfg = preset_config(preset)
-    if ablation is not None:
-        cfg = with_ablation(cfg, ablation)
-    cfg = apply_overrides(cfg, overrides)
-    cfg.validate()
-    return cfg
 
 
 # -------------------------------------------------------------------------------------- freezing
@@ -160,6 +115,8 @@ class JanusFlowStage(LightningModule):
         lr_scales: dict[str, float] | None = None,
         cooldown_steps: int = 0,
         cpu_kernels: bool = False,
+        init_from: str | None = None,
+        init_weights: InitWeights = "ema",
     ):
         """
         Args:
@@ -192,8 +149,23 @@ class JanusFlowStage(LightningModule):
                 depthwise conv in fp32 with a cheaper backward, their response norm with fp32 statistics.
                 They act only on CPU (elsewhere each is the plain computation) and match the plain model
                 up to rounding.
+            init_from: Where the model's initial weights come from, so a stage starts where another
+                ended: a checkpoint written by ``fit`` (e.g. stage 1's ``last.ckpt`` for stage 2), a
+                directory of ``*.safetensors`` in the released JanusFlow-1.3B layout, or a hub id in that
+                layout (``deepseek-ai/JanusFlow-1.3B``, fetched with ``huggingface_hub``). Only the
+                weights: optimizer, lr schedule, step and data position start fresh (``--ckpt_path``
+                resumes a run instead). The tensors must cover the model: all of them from a checkpoint,
+                all but the REPA head and the VAE from the released layout; a checkpoint's
+                hyperparameters are not applied, this stage's config rules. Read whenever the model is
+                built, also before a checkpoint of this run replaces the weights. None: the built
+                model's own init.
+            init_weights: Which weights of a fit checkpoint ``init_from`` takes: ``ema`` (the
+                averages, its ``state_dict``; what validation scored) or ``raw`` (the live weights,
+                ``current_model_state``).
         """
         super().__init__()
+        if init_weights not in get_args(InitWeights):
+            raise ValueError(f"init_weights is {init_weights!r}: use ema or raw")
         if cooldown_steps < 0:
             raise ValueError(f"cooldown_steps is {cooldown_steps}: give 0 (constant lr) or a positive step count")
         self.time_means = TimeMeanSchedule(time_mean if isinstance(time_mean, list) else [(0, time_mean)])
@@ -213,9 +185,23 @@ class JanusFlowStage(LightningModule):
         if self.model is not None:
             return
         self.model = load_janusflow(self.model_config)
+        self.load_initial_weights()
+        if self.model_config.llm.source is None and self.hparams.get("init_from") is None and self.hparams.preset != "tiny":
+            rank_zero_warn(
+                f"the {self.hparams.preset} LLM starts from random init: set llm.source (the recipes read "
+                "$JF_LLM) or init_from to start from pretrained weights"
+            )
         if self.hparams.cpu_kernels:
             use_cpu_kernels(self.model)
         self.apply_freeze_policy()
+
+    def load_initial_weights(self) -> None:
+        """The weights of ``init_from``, if given; under DDP every rank loads them into its own model."""
+        source = self.hparams.get("init_from")
+        if source is None:
+            return
+        expected = {key: self.hparams.get(key) for key in ("preset", "ablation", "overrides")}
+        rank_zero_info(load_initial_weights(self.model, source, self.hparams.get("init_weights", "ema"), expected))
 
     def trainable_parts(self) -> list[str]:
         """Names of the top-level model parts this stage trains (the freeze policy)."""

@@ -8,6 +8,7 @@ import torch
 from jf_lightning.batch import PackedBatch
 from jf_lightning.data.datamodule import JanusFlowDataModule, PackedBatchStream
 from jf_lightning.data.sources import SourceConfig, decode, expand_urls, iter_members
+from jf_lightning.inputs import UserInputError
 
 T = 4
 
@@ -217,9 +218,9 @@ def test_pre_encoded_generation_needs_no_image(pre_encoded_gen_shard):
 
 
 def test_missing_shards_fail_at_setup(tmp_path, tiny_shards, tokenizer_dir):
-    with pytest.raises(FileNotFoundError, match="nope-{0..1}") as err:
+    with pytest.raises(UserInputError, match=r"data.sources\[0\]: shard pattern .*nope-{0..1}") as err:
         make_dm(tiny_shards, tokenizer_dir, sources=[SourceConfig(str(tmp_path / "nope-{0..1}.tar"), "und")])
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "data_root" not in str(err.value)  # an absolute pattern: no root hint
     with pytest.raises(FileNotFoundError, match=r"\*\.tar"):
         expand_urls(str(tmp_path / "*.tar"))
     assert len(expand_urls([tiny_shards["und"], tiny_shards["gen"]])) == 4

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jf_lightning.models.config import tiny
+from jf_lightning.models.config import apply_overrides, resolve_config, tiny
 from jf_lightning.stages import SFTStage
-from jf_lightning.stages.base import apply_overrides, resolve_config
 from tests.stages.conftest import built, tiny_batch
 
 
