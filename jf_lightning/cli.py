@@ -18,6 +18,7 @@ checkpoint are and where the time went.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ from jf_lightning.callbacks.progress import relabel_default_progress_bar
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.inputs import PreparedInput, UserInputError, check_ready
 from jf_lightning.models.config import resolve_config
+from jf_lightning.recipes import config_files, describe_parse_error, expand_bases, user_error_in
 from jf_lightning.stages import gradient_balance
 from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits
 
@@ -93,7 +95,9 @@ class JanusFlowCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs):
         self.configured_model_args: dict[str, Any] = {}  # before --ckpt_path replaced them
         self.recipe_files: list[str] = []
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
+        self.key_parsers: list = []
+        # Parse errors raise (main prints them in one line) instead of printing the whole usage text.
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf", "exit_on_error": False})
         kwargs.setdefault("trainer_defaults", {
             "default_root_dir": DEFAULT_ROOT_DIR,
             "gradient_clip_val": 1.0,  # every stage of the paper
@@ -114,6 +118,7 @@ class JanusFlowCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
+        self.key_parsers.append(parser)  # each subcommand's: the keys a misspelt one is matched against
         parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(EMA, "ema")
@@ -139,12 +144,20 @@ class JanusFlowCLI(LightningCLI):
             args = list(sys.argv[1:] if args is None else args)
             self.recipe_files = config_files(args)  # as the user gave them, before their bases
             args = expand_bases(args)
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            known = [key for p in self.key_parsers for key in p.get_defaults().keys()]  # noqa: SIM118 (a Namespace)
+            known += [f"model.init_args.{name}" for name in inspect.signature(JanusFlowStage.__init__).parameters]
+            raise UserInputError(describe_parse_error(err, known)) from None
         subcommand = self.config.get("subcommand")
         self.configured_model_args = _model_init_args(self.config[subcommand]) if subcommand else {}
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+            raise UserInputError(f"--ckpt_path {ckpt}: no such checkpoint file")
         self._warn_replaced_model_args(config)
         # Checked before any class is built: building the logger already creates the MLflow store.
         if self.subcommand == "fit":
@@ -230,64 +243,6 @@ class JanusFlowCLI(LightningCLI):
             print(run_summary(self.trainer))
 
 
-def config_files(args: list[str]) -> list[str]:
-    """The files of ``-c`` / ``--config`` in ``args``, in order."""
-    files = []
-    for flag, after in zip(args, [*args[1:], None]):
-        if flag in ("-c", "--config") and after is not None:
-            files.append(after)
-        elif flag.startswith("--config="):
-            files.append(flag.split("=", 1)[1])
-    return files
-
-
-def expand_bases(args: list[str]) -> list[str]:
-    """Each ``-c recipe.yaml`` becomes ``-c <base of its base> -c <its base> -c recipe.yaml``: a recipe
-    names what it builds on with a top-level ``base:`` (a path relative to the recipe), and states only
-    what differs. Later files override earlier ones: values and plain lists are replaced, mappings and
-    ``init_args`` of the same ``class_path`` merge (jsonargparse), list entries of the same class too."""
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        flag, value = args[i], None
-        if flag in ("-c", "--config") and i + 1 < len(args):
-            value, i = args[i + 1], i + 2
-        elif flag.startswith("--config="):
-            value, i = flag.split("=", 1)[1], i + 1
-        else:
-            out.append(flag)
-            i += 1
-            continue
-        out += [part for path in base_chain(value) for part in ("-c", path)]
-    return out
-
-
-def base_chain(path: str, seen: tuple[str, ...] = ()) -> list[str]:
-    """``path``'s bases, farthest first, then ``path``; one-line errors for what a parser would report
-    without naming the file (an empty file, broken YAML, a missing base, a cycle)."""
-    file = Path(path)
-    if not file.is_file():
-        return [path]  # the parser says it does not exist
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserInputError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
-    if data is None:
-        raise UserInputError(f"{path} is empty: a config needs at least one section (model, data, trainer, ...)")
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: a config is a mapping of sections, not a {type(data).__name__}")
-    if not data.get("base"):
-        return [path]
-    base = str(file.parent / str(data["base"]))
-    if base in seen or base == path:
-        raise UserInputError(f"{path}: base {data['base']!r} builds on itself ({' -> '.join((*seen, path, base))})")
-    if not Path(base).is_file():
-        raise UserInputError(f"{path}: its base {data['base']!r} does not exist (looked for {base})")
-    return [*base_chain(base, (*seen, path)), path]
-
-
 def _model_init_args(config) -> dict[str, Any]:
     """The model's init arguments of one subcommand's config, as a plain dict."""
     init_args = config.model.get("init_args")
@@ -356,6 +311,11 @@ def main(args: list[str] | None = None) -> None:
             JanusFlowCLI(args=args)
     except UserInputError as err:
         sys.exit(f"jf_lightning: error: {err}")
+    except ValueError as err:  # jsonargparse wraps what a class refuses while it instantiates it
+        cause = user_error_in(err)
+        if cause is None:
+            raise
+        sys.exit(f"jf_lightning: error: {cause}")
     except OmegaConfBaseException as err:  # an interpolation in a config: ${oc.env:VAR} unset, a bad key
         key = getattr(err, "full_key", None)
         sys.exit(f"jf_lightning: error: {str(err).splitlines()[0]}" + (f" (at {key})" if key else ""))

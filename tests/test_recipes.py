@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from jf_lightning.cli import base_chain, expand_bases, main
+from jf_lightning.cli import main
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.inputs import UserInputError
+from jf_lightning.recipes import base_chain, expand_bases
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SMOKE = EXPERIMENTS / "smoke.yaml"

@@ -218,7 +218,10 @@ class JanusFlowDataModule(LightningDataModule):
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         self.sources, self.val_sources, self.tokenizer_source = list(sources), val_sources, tokenizer
         self.image_size, self.num_und_tokens, self.num_gen_tokens = image_size, num_und_tokens, num_gen_tokens
-        self.schedule = RatioSchedule(ratio_schedule)
+        try:
+            self.schedule = RatioSchedule(ratio_schedule)
+        except ValueError as err:
+            raise UserInputError(f"data.ratio_schedule: {err}") from None
         self.batch_size, self.seq_len, self.prompt_drop_prob = batch_size, seq_len, prompt_drop_prob
         self.template, self.num_workers, self.seed = template, num_workers, seed
         self.val_batches, self.data_root, self.global_batch_size = val_batches, data_root, global_batch_size

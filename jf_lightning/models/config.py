@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -306,7 +307,9 @@ def apply_overrides(cfg: JanusFlowConfig, overrides: dict[str, Any] | None) -> J
     valid = _leaf_keys(cfg)
     for key, value in (overrides or {}).items():
         if key not in valid:
-            raise ValueError(f"unknown model override {key!r}: valid keys are {', '.join(valid)}")
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown model override {key!r}: {hint}valid keys are {', '.join(valid)}")
         *path, leaf = key.split(".")
         parent = cfg
         for name in path:  # copy each nested dataclass on the way so the preset object stays untouched

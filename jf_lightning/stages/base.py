@@ -164,18 +164,38 @@ class JanusFlowStage(LightningModule):
                 ``current_model_state``).
         """
         super().__init__()
-        if init_weights not in get_args(InitWeights):
-            raise ValueError(f"init_weights is {init_weights!r}: use ema or raw")
-        if cooldown_steps < 0:
-            raise ValueError(f"cooldown_steps is {cooldown_steps}: give 0 (constant lr) or a positive step count")
-        self.time_means = TimeMeanSchedule(time_mean if isinstance(time_mean, list) else [(0, time_mean)])
-        unknown = set(lr_scales or {}) - set(get_args(PartGroup))
-        if unknown:
-            raise ValueError(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
         # Logged by the CLI as part of the whole resolved config; not again by Lightning.
         self.save_hyperparameters(logger=False)
-        self.model_config = resolve_config(preset, ablation, overrides)  # fail early on a bad config
+        self.check_arguments()
+        try:  # fail early, in one line, on a bad config
+            self.time_means = TimeMeanSchedule(time_mean if isinstance(time_mean, list) else [(0, time_mean)])
+            self.model_config = resolve_config(preset, ablation, overrides)
+        except ValueError as err:
+            raise UserInputError(f"model.init_args: {err}") from None
         self.model: JanusFlow | None = None  # built in configure_model: construction stays cheap
+
+    def check_arguments(self) -> None:
+        """One-line errors naming the key, for values no run can train with."""
+        h = self.hparams
+        problems = []
+        if not h.lr > 0:
+            problems.append(f"lr is {h.lr}: give a positive learning rate (Table 1: 1e-4 or 2e-5)")
+        if h.warmup_steps < 0:
+            problems.append(f"warmup_steps is {h.warmup_steps}: give 0 or a positive step count")
+        if h.cooldown_steps < 0:
+            problems.append(f"cooldown_steps is {h.cooldown_steps}: give 0 (constant lr) or a positive step count")
+        weights = {k: h[k] for k in ("ar_weight", "rf_weight", "repa_weight")}
+        if min(weights.values()) < 0 or not any(weights.values()):
+            problems.append(f"loss weights {weights} must be >= 0 and not all 0")
+        if h.init_weights not in get_args(InitWeights):
+            problems.append(f"init_weights is {h.init_weights!r}: use ema or raw")
+        unknown = set(h.lr_scales or {}) - set(get_args(PartGroup))
+        if unknown:
+            problems.append(f"lr_scales names unknown part groups {sorted(unknown)}: use llm, siglip or adapters")
+        if any(not v > 0 for v in (h.lr_scales or {}).values()):
+            problems.append(f"lr_scales {dict(h.lr_scales)} must be positive")
+        if problems:
+            raise UserInputError(f"model.init_args.{problems[0]}")
 
     # ------------------------------------------------------------------------------- building
 

@@ -122,7 +122,7 @@ def test_overrides_set_dotted_keys_on_a_copy():
 
 
 def test_unknown_override_names_the_key_and_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown model override 'repa.lyer': valid keys are .*repa\.layer"):
+    with pytest.raises(ValueError, match=r"unknown model override 'repa.lyer': did you mean 'repa.layer'\? valid keys are .*repa\.layer"):
         resolve_config("tiny", None, {"repa.lyer": 3})
 
 
