@@ -31,9 +31,11 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf.errors import OmegaConfBaseException
 
 from jf_lightning import compare
+from jf_lightning.callbacks.atomic_checkpoint import AtomicCheckpointIO
 from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.evaluation import run_dir
@@ -201,6 +203,8 @@ class JanusFlowCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make saves atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if not trainer.loggers:  # `logger: false`: LearningRateMonitor would refuse to start
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         relabel_default_progress_bar(trainer)

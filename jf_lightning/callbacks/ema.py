@@ -124,7 +124,8 @@ class EMA(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # once per optimizer step (with gradient accumulation, batches between steps do not update)
         if self.active and trainer.global_step > self.latest_update_step:
-            self.update(pl_module)
+            if not getattr(pl_module, "skipped_optimizer_step", False):  # a step the module skipped (NaN)
+                self.update(pl_module)
             self.latest_update_step = trainer.global_step
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -31,6 +31,7 @@ from jf_lightning.models.config import Ablation, resolve_config
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
 from jf_lightning.schedules import check_start_steps, lr_factor, segment_at
 from jf_lightning.stages.init_from import InitWeights, load_initial_weights
+from jf_lightning.stages.nonfinite import NonFiniteGuard
 
 PartGroup = Literal["llm", "siglip", "adapters"]
 
@@ -117,6 +118,7 @@ class JanusFlowStage(LightningModule):
         cpu_kernels: bool = False,
         init_from: str | None = None,
         init_weights: InitWeights = "ema",
+        max_nonfinite_steps: int = 10,
     ):
         """
         Args:
@@ -162,6 +164,8 @@ class JanusFlowStage(LightningModule):
             init_weights: Which weights of a fit checkpoint ``init_from`` takes: ``ema`` (the
                 averages, its ``state_dict``; what validation scored) or ``raw`` (the live weights,
                 ``current_model_state``).
+            max_nonfinite_steps: Optimizer steps with a non-finite loss or gradient norm are skipped
+                (counted as ``train/skipped_nonfinite``); this many in a row stop the run.
         """
         super().__init__()
         # Logged by the CLI as part of the whole resolved config; not again by Lightning.
@@ -173,6 +177,7 @@ class JanusFlowStage(LightningModule):
         except ValueError as err:
             raise UserInputError(f"model.init_args: {err}") from None
         self.model: JanusFlow | None = None  # built in configure_model: construction stays cheap
+        self.nonfinite, self.skipped_optimizer_step = NonFiniteGuard(max_nonfinite_steps), False
 
     def check_arguments(self) -> None:
         """One-line errors naming the key, for values no run can train with."""
@@ -187,6 +192,8 @@ class JanusFlowStage(LightningModule):
         weights = {k: h[k] for k in ("ar_weight", "rf_weight", "repa_weight")}
         if min(weights.values()) < 0 or not any(weights.values()):
             problems.append(f"loss weights {weights} must be >= 0 and not all 0")
+        if h.get("max_nonfinite_steps", 1) < 1:
+            problems.append(f"max_nonfinite_steps is {h.max_nonfinite_steps}: give 1 or more")
         if h.init_weights not in get_args(InitWeights):
             problems.append(f"init_weights is {h.init_weights!r}: use ema or raw")
         unknown = set(h.lr_scales or {}) - set(get_args(PartGroup))
@@ -300,6 +307,7 @@ class JanusFlowStage(LightningModule):
 
     def training_step(self, batch: PackedBatch, batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch)
+        self.nonfinite.note_losses(losses)
         counts = self._counts(batch)
         for key, value in losses.items():
             if value is not None:
@@ -362,6 +370,11 @@ class JanusFlowStage(LightningModule):
             Precision.clip_gradients(precision, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm")
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # a non-finite loss or gradient norm skips the step (stages/nonfinite.py), the same on all ranks
+        self.skipped_optimizer_step = self.nonfinite.check(self, optimizer)
+        self.log("train/skipped_nonfinite", float(self.nonfinite.skipped), on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
         groups = self.param_groups()
