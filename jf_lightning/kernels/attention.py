@@ -6,7 +6,7 @@ backward over five such rows took ~10 ms a layer, against ~4 ms for the plain ma
 below (``python -m benchmarks.attention`` prints both).
 
 Measured gain on a tiny.yaml bf16 training step (30:62:8 batches, one thread): on the avx512_bf16 machine
-of experiments/tiny.md (session 16) 162 -> 130 ms, 0.80x. On a CPU without bf16 matrix units (AVX2 only,
+of experiments/tiny.md 162 -> 130 ms, 0.80x. On a CPU without bf16 matrix units (AVX2 only,
 where bf16 matmuls are emulated and a step takes ~4 s) it is a loss: with the other kernels on, 3.78 s
 without it against 4.07 s with it (1.08x; a layer 49 ms with SDPA, 138 ms here).
 Everywhere else SDPA's own kernels are the right ones, so this delegates: on GPU, in fp32 (where the flash

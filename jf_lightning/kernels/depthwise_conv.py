@@ -2,8 +2,8 @@
 more depthwise forward convs.
 
 Measured gain on a tiny.yaml bf16 training step: on the machine of experiments/tiny.md the fp32 conv took
-a step under Lightning from 126 to 114 ms (2 threads, session 15) and the backward a further 0.965x (one
-thread, session 19); on an AVX2-only CPU (one thread, 30:62:8 batches, the other kernels on) 4.49 -> 4.07 s,
+a step under Lightning from 126 to 114 ms (2 threads) and the backward a further 0.965x (one
+thread); on an AVX2-only CPU (one thread, 30:62:8 batches, the other kernels on) 4.49 -> 4.07 s,
 0.91x."""
 
 from __future__ import annotations
