@@ -1,7 +1,7 @@
 """The ConvNeXt blocks' GlobalResponseNorm on CPU, with fp32 statistics on a map that keeps its dtype.
 
 Measured gain on a tiny.yaml bf16 training step: about 0.95x under Lightning on the machine of
-experiments/tiny.md (2 threads, session 16: 106 against 111 ms a step, averaged over noisy runs); on an
+experiments/tiny.md (2 threads: 106 against 111 ms a step, averaged over noisy runs); on an
 AVX2-only CPU (one thread, the other kernels on) within the noise, 4.08 -> 4.07 s a step (four ConvNeXt
 blocks' forward + backward 1.81 -> 1.79 s)."""
 
