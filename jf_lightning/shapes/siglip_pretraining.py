@@ -12,7 +12,7 @@ loads it exactly like the hub checkpoint.
 
 ``dense_weight > 0`` adds a per-patch loss: a linear head (also thrown away) names the (shape, colour)
 of the object under each patch. The contrastive loss alone left the tiny ViT's patches nearly blind to
-which shape they are part of (linear probe 0.52 on 2-4-shape scenes), so the LLM could not find "the
+which shape they are part of (a linear classifier on them: 0.52 on 2-4-shape scenes), so the LLM could not find "the
 circle" a question names; with the patch loss the head names the shape of 0.89 of the patches on a
 shape after 800 steps (0.93 after 1,000, 0.97 after 1,500), as the hub SigLIP's patches carry their
 object.
