@@ -1,13 +1,26 @@
-"""``python -m jf_lightning ...`` is the ``jf`` command. ``compare`` reads MLflow only, so it starts
-without importing the CLI and with it Lightning and torch, which take most of the CLI's start-up."""
+"""``python -m jf_lightning ...`` is the ``jf`` command. The commands that need neither Lightning nor a
+training config (``compare``, ``generate``, ``chat``, ``eval``, ``shards``, ...) start without importing
+the CLI, whose Lightning and jsonargparse imports take most of its start-up; everything else is the
+LightningCLI (``fit``, ``validate``, ``prepare``, ...)."""
 
 import sys
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["compare"]:
-        from jf_lightning.compare import main as compare
 
-        compare(sys.argv[2:])
+def _compare(argv: list[str]) -> None:
+    from jf_lightning.compare import main
+
+    main(argv)
+
+
+# name -> runner of ``python -m jf_lightning <name> <argv...>``; each imports its module only when run.
+COMMANDS = {
+    "compare": _compare,
+}
+
+if __name__ == "__main__":
+    command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")
+    if command is not None:
+        command(sys.argv[2:])
     else:
         from jf_lightning.cli import main
 
