@@ -17,11 +17,16 @@ COMMANDS = {
     "compare": _compare,
 }
 
-if __name__ == "__main__":
+
+def main() -> None:
     command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")
     if command is not None:
         command(sys.argv[2:])
     else:
-        from jf_lightning.cli import main
+        from jf_lightning.cli import main as cli
 
-        main()
+        cli()
+
+
+if __name__ == "__main__":
+    main()
