@@ -332,3 +332,33 @@ def resolve_config(
     cfg = apply_overrides(cfg, overrides)
     cfg.validate()
     return cfg
+
+
+def config_from_hparams(hparams: dict[str, Any]) -> JanusFlowConfig:
+    """The model configuration a stage saved in its checkpoint's ``hyper_parameters``: the typed
+    ``config`` when present (as a dataclass or its dict form), else ``preset`` / ``ablation`` /
+    ``overrides`` (checkpoints of stages that took only those)."""
+    config = hparams.get("config")
+    if isinstance(config, JanusFlowConfig):
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    return resolve_config(hparams.get("preset", "tiny"), hparams.get("ablation"), hparams.get("overrides"))
+
+
+def config_from_dict(tree: dict[str, Any]) -> JanusFlowConfig:
+    """``dataclasses.asdict`` inverse: nested dicts -> the nested config dataclasses; unknown keys are
+    refused with the nearest valid one."""
+    flat = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+
+    walk(tree, "")
+    cfg = apply_overrides(JanusFlowConfig(), flat)
+    cfg.validate()
+    return cfg
