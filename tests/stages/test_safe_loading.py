@@ -63,7 +63,11 @@ def test_every_torch_load_in_the_package_is_weights_only():
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
-            if node.func.attr == "load" and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            if (
+                node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
                 found += 1
                 flag = {k.arg: k.value for k in node.keywords}.get("weights_only")
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
