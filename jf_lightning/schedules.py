@@ -32,3 +32,15 @@ def lr_factor(step: int, warmup: int, total: int = 0, cooldown: int = 0) -> floa
     if cooldown:
         factor = min(factor, (total - step) / cooldown)
     return max(factor, 0.0)
+
+
+class TimeMeanSchedule:
+    """Piecewise-constant mean of the logit-normal training times: ``[(start_step, mean), ...]``."""
+
+    def __init__(self, entries: list[tuple[int, float]]):
+        self.starts = [int(start) for start, _ in entries]
+        check_start_steps(self.starts, "time_mean")
+        self.means = [float(mean) for _, mean in entries]
+
+    def at(self, step: int) -> float:
+        return self.means[segment_at(self.starts, step)]

@@ -362,3 +362,14 @@ def config_from_dict(tree: dict[str, Any]) -> JanusFlowConfig:
     cfg = apply_overrides(JanusFlowConfig(), flat)
     cfg.validate()
     return cfg
+
+
+def config_for(preset_name: str, ablation: str | None, config: JanusFlowConfig | dict | None) -> JanusFlowConfig:
+    """A stage's model configuration: ``config`` validated (a dict: as a checkpoint's hyperparameters
+    hold it), or, without one, the preset with the ablation applied."""
+    if config is None:
+        return resolve_config(preset_name, ablation)
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    config.validate()
+    return config

@@ -7,6 +7,7 @@ only samples the flow inputs, calls the model and weighs the losses.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -27,9 +28,9 @@ from jf_lightning.flow.rectified_flow import (
 )
 from jf_lightning.inputs import UserInputError
 from jf_lightning.kernels import use_cpu_kernels
-from jf_lightning.models.config import Ablation, resolve_config
+from jf_lightning.models.config import Ablation, JanusFlowConfig, config_for
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
-from jf_lightning.schedules import check_start_steps, lr_factor, segment_at
+from jf_lightning.schedules import TimeMeanSchedule, lr_factor
 from jf_lightning.stages.init_from import InitWeights, load_initial_weights
 from jf_lightning.stages.nonfinite import NonFiniteGuard
 
@@ -74,21 +75,6 @@ def check_cooldown_fits(cooldown: int, max_steps: int | None) -> None:
         )
 
 
-# ------------------------------------------------------------------------------ flow times
-
-
-class TimeMeanSchedule:
-    """Piecewise-constant mean of the logit-normal training times: ``[(start_step, mean), ...]``."""
-
-    def __init__(self, entries: list[tuple[int, float]]):
-        self.starts = [int(start) for start, _ in entries]
-        check_start_steps(self.starts, "time_mean")
-        self.means = [float(mean) for _, mean in entries]
-
-    def at(self, step: int) -> float:
-        return self.means[segment_at(self.starts, step)]
-
-
 # ------------------------------------------------------------------------------------ the stage
 
 
@@ -102,7 +88,7 @@ class JanusFlowStage(LightningModule):
         self,
         preset: str = "tiny",
         ablation: Ablation | None = None,
-        overrides: dict[str, Any] | None = None,
+        config: JanusFlowConfig | None = None,
         lr: float = 1e-4,
         warmup_steps: int = 2000,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -125,8 +111,9 @@ class JanusFlowStage(LightningModule):
             preset: Model preset of ``models/config.py`` (``tiny``, ``janusflow-1.3b``, ``ablation-256``).
             ablation: Table 6 variant applied onto the preset (A no REPA, B shared VAE+ConvNeXt encoder,
                 C two VAE+ConvNeXt encoders, D understanding only, E generation only, F final design).
-            overrides: Dotted keys set on the model config after preset and ablation,
-                e.g. ``{"llm.source": "deepseek-ai/deepseek-vl-1.3b-base", "repa.layer": 8}``.
+            config: The whole model configuration. The CLI fills every field from ``preset`` and
+                ``ablation``, then applies the keys a config file or the command line sets
+                (``--model.init_args.config.llm.num_layers 8``); None: ``preset`` and ``ablation`` alone.
             lr: Peak learning rate of AdamW (reached after the warm-up, then constant until ``cooldown_steps``).
             warmup_steps: Optimizer steps of linear warm-up.
             betas: AdamW betas (the paper: 0.9, 0.95).
@@ -168,12 +155,15 @@ class JanusFlowStage(LightningModule):
                 (counted as ``train/skipped_nonfinite``); this many in a row stop the run.
         """
         super().__init__()
-        # Logged by the CLI as part of the whole resolved config; not again by Lightning.
+        # Logged by the CLI as part of the whole resolved config; not again by Lightning. The config is
+        # kept as a plain dict: checkpoints load with weights_only=True, which refuses dataclasses.
         self.save_hyperparameters(logger=False)
+        if dataclasses.is_dataclass(config):
+            self.hparams["config"] = dataclasses.asdict(config)
         self.check_arguments()
         try:  # fail early, in one line, on a bad config
             self.time_means = TimeMeanSchedule(time_mean if isinstance(time_mean, list) else [(0, time_mean)])
-            self.model_config = resolve_config(preset, ablation, overrides)
+            self.model_config = config_for(preset, ablation, config)
         except ValueError as err:
             raise UserInputError(f"model.init_args: {err}") from None
         self.model: JanusFlow | None = None  # built in configure_model: construction stays cheap
@@ -227,7 +217,7 @@ class JanusFlowStage(LightningModule):
         source = self.hparams.get("init_from")
         if source is None:
             return
-        expected = {key: self.hparams.get(key) for key in ("preset", "ablation", "overrides")}
+        expected = {key: self.hparams.get(key) for key in ("preset", "ablation", "config")}
         rank_zero_info(load_initial_weights(self.model, source, self.hparams.get("init_weights", "ema"), expected))
 
     def trainable_parts(self) -> list[str]:
