@@ -18,6 +18,9 @@ The rules, in short:
 * ``exclude`` clauses are ORed: a clause fails the image when ``count`` or more objects of its class
   were found. The counting task pairs ``include count=N`` with ``exclude count=N+1``: exactly N.
 * ``overall`` is the mean of the per-task accuracies, not the mean over images.
+* Colour is asked of a detector only for the objects a colour clause checks (the top ``count`` of its
+  class, once the count holds): :func:`score_image` calls :meth:`Detector.colorize` on just those, as
+  GenEval classifies colour lazily inside ``evaluate``; the position test runs only when the colour held.
 """
 
 from __future__ import annotations
@@ -33,8 +36,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+GENEVAL_METADATA = Path(__file__).parent / "geneval_data" / "evaluation_metadata.jsonl"
+"""GenEval's 553 prompts, shipped with the package (GenEval's MIT licence next to it)."""
 GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")
+GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+"""The colours GenEval's CLIP classifier chooses among, in its order (ties go to the first)."""
+COLOR_TEMPLATES = (
+    "a photo of a {color} {object}",
+    "a photo of a {color}-colored {object}",
+    "a photo of a {color} object",
+)
+"""GenEval's three zero-shot prompts per colour (their text embeddings are averaged)."""
 
 Box = tuple[float, float, float, float]
 
@@ -62,6 +75,11 @@ class Detector(ABC):
     @abstractmethod
     def detect(self, image: Image.Image | np.ndarray) -> list[Detection]:
         """Detections in the pixel coordinates of ``image`` (PIL image or H x W x 3 uint8 array)."""
+
+    def colorize(self, image: Image.Image | np.ndarray, detections: list[Detection]) -> list[Detection]:
+        """``detections`` (of one class) with ``color`` set. This default keeps the colours ``detect``
+        gave; a detector whose colour model is costly (CLIP) classifies here, only what a clause checks."""
+        return detections
 
 
 class GenEvalPrompts(ABC):
@@ -177,10 +195,11 @@ def _check_include(
     if len(found) < count:
         return f"expected {name}>={count}, found {len(found)}"
     if "color" in req:
-        n_right = sum(d.color == req["color"] for d in found)
+        colors = [d.color for d in found]
+        n_right = colors.count(req["color"])
         if n_right < count:
-            seen = ", ".join(sorted(str(d.color) for d in found))
-            return f"expected {req['color']} {name}>={count}, found {n_right} {req['color']} ({seen})"
+            seen = ", ".join(f"{colors.count(c)} {c}" for c in dict.fromkeys(colors))
+            return f"expected {req['color']} {name}>={count}, found {n_right} {req['color']}; and {seen}"
     if "position" in req:
         relation, target = req["position"]
         if not 0 <= int(target) < len(groups) or groups[int(target)] is None:
@@ -214,6 +233,31 @@ def evaluate_image(
     return not reasons, "\n".join(reasons)
 
 
+def score_image(
+    detector: Detector,
+    image: Image.Image | np.ndarray,
+    spec: Mapping[str, Any],
+    options: GenEvalOptions = GenEvalOptions(),
+) -> tuple[bool, str, dict[str, list[Detection]]]:
+    """Detect, colour what the spec's colour clauses check, and score: (correct, reasons, the kept
+    detections per class, most confident first, as GenEval's ``details`` lists them)."""
+    grouped = group_detections(detector.detect(image), spec["tag"], options)
+    for req in spec.get("include", []):
+        found = grouped.get(req["class"], [])
+        n = int(req["count"])
+        if "color" in req and len(found) >= n and any(d.color is None for d in found[:n]):
+            grouped[req["class"]] = detector.colorize(image, found[:n]) + found[n:]
+    # the grouped lists are already thresholded, capped and sorted: score them with no threshold left
+    detections = [d for dets in grouped.values() for d in dets]
+    ok, why = evaluate_image(detections, spec, replace_thresholds(options))
+    return ok, why, grouped
+
+
+def replace_thresholds(options: GenEvalOptions) -> GenEvalOptions:
+    """``options`` that keep every detection (for detections already grouped under ``options``)."""
+    return GenEvalOptions(-math.inf, -math.inf, options.max_objects, 1.0, options.position_threshold)
+
+
 def summarize(results: Iterable[tuple[str, bool]]) -> dict[str, float]:
     """Per-task accuracy and ``overall``, the mean over the tasks present (GenEval's "avg. over tasks").
 
@@ -245,3 +289,39 @@ def load_geneval_metadata(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{lineno}: a GenEval spec needs 'tag' and 'include' keys")
             specs.append(spec)
     return specs
+
+
+def result_row(
+    filename: str, spec: Mapping[str, Any], correct: bool, reason: str, grouped: Mapping[str, list[Detection]]
+) -> dict[str, Any]:
+    """One line of GenEval's per-image results JSONL, with its fields: ``details`` lists the kept
+    boxes per class as ``[x0, y0, x1, y1, score]``; ``metadata`` is the spec as a JSON string."""
+    details = {
+        name: [[*map(float, d.box), float(d.score)] for d in dets] for name, dets in grouped.items() if dets
+    }
+    return {
+        "filename": filename,
+        "tag": spec["tag"],
+        "prompt": spec.get("prompt", ""),
+        "correct": bool(correct),
+        "reason": reason,
+        "metadata": json.dumps(spec),
+        "details": json.dumps(details),
+    }
+
+
+def summary_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What GenEval's ``summary_scores.py`` prints, as a dict: image and prompt counts, the share of
+    correct images and of prompts with at least one correct image, per-task accuracy, and ``overall``
+    (the mean over tasks)."""
+    by_prompt: dict[str, bool] = {}
+    for row in rows:
+        by_prompt[row["metadata"]] = by_prompt.get(row["metadata"], False) or bool(row["correct"])
+    n = len(rows)
+    return {
+        "images": n,
+        "prompts": len(by_prompt),
+        "correct_images": sum(bool(r["correct"]) for r in rows) / n if n else 0.0,
+        "correct_prompts": sum(by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
+        "tasks": summarize((r["tag"], bool(r["correct"])) for r in rows),
+    }

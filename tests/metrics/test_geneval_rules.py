@@ -1,22 +1,25 @@
 """GenEval's scoring rules (djghosh13/geneval evaluation/evaluate_images.py) on hand-built detections."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from jf_lightning.metrics.geneval import (
+    GENEVAL_METADATA,
     GENEVAL_TASKS,
     Detection,
+    Detector,
     GenEvalOptions,
     evaluate_image,
     group_detections,
     load_geneval_metadata,
     relative_position,
+    result_row,
+    score_image,
     summarize,
+    summary_scores,
 )
 
-METADATA = Path(__file__).parents[2].parent / "shared/geneval/evaluation_metadata.jsonl"
 
 
 def det(name, x=10.0, y=10.0, side=10.0, score=0.95, color=None):
@@ -175,9 +178,8 @@ def test_load_reports_file_and_line(tmp_path):
         load_geneval_metadata(path)
 
 
-@pytest.mark.skipif(not METADATA.exists(), reason=f"{METADATA} not present")
-def test_real_geneval_metadata_loads():
-    specs = load_geneval_metadata(METADATA)
+def test_shipped_geneval_metadata_loads():
+    specs = load_geneval_metadata(GENEVAL_METADATA)
     assert len(specs) == 553
     assert {s["tag"] for s in specs} == set(GENEVAL_TASKS)
     # every position clause points at an earlier include clause
@@ -187,3 +189,52 @@ def test_real_geneval_metadata_loads():
                 assert 0 <= req["position"][1] < i
     # the real specs run through the rules: nothing detected, nothing correct
     assert not any(evaluate_image([], s)[0] for s in specs)
+
+
+class ColourOnDemand(Detector):
+    """Detections without colour; ``colorize`` paints them and records what it was asked."""
+
+    classes = ("circle", "square")
+
+    def __init__(self, detections, colour):
+        self.detections, self.colour, self.asked = detections, colour, []
+
+    def detect(self, image):
+        return list(self.detections)
+
+    def colorize(self, image, detections):
+        self.asked.append([d.score for d in detections])
+        return [Detection(d.class_name, d.box, d.score, self.colour) for d in detections]
+
+
+def test_score_image_colours_only_the_checked_objects():
+    circles = [det("circle", score=0.9), det("circle", x=40, score=0.99), det("circle", x=70, score=0.2)]
+    s = spec("colors", [{"class": "circle", "count": 1, "color": "red"}])
+    detector = ColourOnDemand(circles, "red")
+    ok, why, grouped = score_image(detector, None, s)
+    assert ok and detector.asked == [[0.99]]  # the most confident circle above threshold, alone
+    assert [d.score for d in grouped["circle"]] == [0.99, 0.9] and grouped["circle"][1].color is None
+    detector = ColourOnDemand(circles, "blue")
+    ok, why, _ = score_image(detector, None, s)
+    assert not ok and why == "expected red circle>=1, found 0 red; and 1 blue"  # GenEval's wording
+    # no colour asked when the count already fails, nor for clauses without colour
+    two = spec("colors", [{"class": "circle", "count": 3, "color": "red"}, {"class": "square", "count": 1}])
+    detector = ColourOnDemand(circles + [det("square")], "red")
+    assert not score_image(detector, None, two)[0] and detector.asked == []
+
+
+def test_result_rows_and_summary_match_genevals_files():
+    s1 = spec("colors", [{"class": "circle", "count": 1, "color": "red"}])
+    s2 = spec("counting", [{"class": "square", "count": 2}])
+    grouped = {"circle": [det("circle", score=0.5)]}
+    rows = [
+        result_row("a/0000.png", s1, True, "", grouped),
+        result_row("a/0001.png", s1, False, "x", grouped),
+        result_row("b/0000.png", s2, False, "y", {}),
+    ]
+    assert rows[0]["details"] == json.dumps({"circle": [[10.0, 10.0, 20.0, 20.0, 0.5]]})
+    assert json.loads(rows[0]["metadata"]) == s1 and rows[2]["tag"] == "counting"
+    out = summary_scores(rows)
+    assert out["images"] == 3 and out["prompts"] == 2
+    assert out["correct_images"] == pytest.approx(1 / 3) and out["correct_prompts"] == 0.5
+    assert out["tasks"] == {"counting": 0.0, "colors": 0.5, "overall": 0.25}
