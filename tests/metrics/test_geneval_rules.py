@@ -21,7 +21,6 @@ from jf_lightning.metrics.geneval import (
 )
 
 
-
 def det(name, x=10.0, y=10.0, side=10.0, score=0.95, color=None):
     return Detection(name, (x, y, x + side, y + side), score, color)
 
