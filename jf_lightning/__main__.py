@@ -12,9 +12,16 @@ def _compare(argv: list[str]) -> None:
     main(argv)
 
 
+def _shards(argv: list[str]) -> None:
+    from jf_lightning.commands.shards import main
+
+    main(argv)
+
+
 # name -> runner of ``python -m jf_lightning <name> <argv...>``; each imports its module only when run.
 COMMANDS = {
     "compare": _compare,
+    "shards": _shards,
 }
 
 

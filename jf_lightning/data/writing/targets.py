@@ -1,0 +1,121 @@
+"""What a training step computes from a generation image before the LLM sees it, computed ahead of
+time: the scaled VAE latent (``model.vae.encode``) and the REPA target (the SigLIP's features at
+``siglip.select_layer``, in eval mode: ``JanusFlow.repa_targets``), built through the same loading
+path (``build_vae``, ``build_siglip``) from the same model config, so the values are the ones the
+run would compute online.
+
+The one difference is the crop: training crops generation images at a random offset
+(``transforms.gen_transform``); a pre-encoded latent is fixed, so it is encoded from the centred
+crop of the same resized image, and pre-encoded samples lose that augmentation (square images have
+a single crop and lose nothing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+
+from jf_lightning.data.transforms import unit_range
+from jf_lightning.inputs import UserInputError
+from jf_lightning.models.config import JanusFlowConfig, apply_overrides, config_from_hparams
+from jf_lightning.models.und_encoder import build_siglip
+from jf_lightning.models.vae import build_vae
+
+
+def centre_crop_transform(image: Image.Image, image_size: int) -> torch.Tensor:
+    """``gen_transform`` with the crop at the centre: the same resize of the short side (bicubic,
+    antialiased, never below ``image_size``), then offsets ``(new - image_size) // 2``.
+
+    Returns (3, image_size, image_size) float in [-1, 1]."""
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = image_size / min(width, height)
+    new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+    image = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    image = F.crop(image, (new_h - image_size) // 2, (new_w - image_size) // 2, image_size, image_size)
+    return unit_range(F.pil_to_tensor(image))
+
+
+def check_loadable(cfg: JanusFlowConfig) -> None:
+    """Targets from randomly initialised encoders match no training run (each run draws its own):
+    refuse them, naming the override that fixes it."""
+    if not cfg.generation:
+        raise UserInputError("the model config has no generation part (ablation D): nothing to pre-encode")
+    if cfg.vae.kind == "autoencoder_kl" and not cfg.vae.source:
+        raise UserInputError(
+            "vae.source is unset: give --override vae.source=<hub id or folder> (the run's VAE)"
+        )
+    if cfg.needs_siglip and not cfg.siglip.source:
+        raise UserInputError(
+            "siglip.source is unset: give --override siglip.source=<hub id or folder> (the run's SigLIP)"
+        )
+
+
+class GenTargetEncoder:
+    """Images -> (scaled latents, REPA targets) with the run's own VAE and SigLIP."""
+
+    def __init__(self, cfg: JanusFlowConfig, device: torch.device, vae=None, siglip=None):
+        """Encoders built from ``cfg``'s sources as a training run builds them, unless given (loaded
+        from a checkpoint)."""
+        self.cfg, self.device = cfg, device
+        if vae is None:
+            check_loadable(cfg)
+            vae = build_vae(cfg.vae)
+            # The REPA target encoder: the understanding SigLIP, or a SigLIP kept only as the target
+            # (B, C, E); both are build_siglip(cfg.siglip). Models without one get latents only.
+            siglip = build_siglip(cfg.siglip) if cfg.needs_siglip else None
+        self.vae = vae.to(device).eval()
+        self.siglip = siglip.to(device).eval() if siglip is not None else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str, overrides: dict | None, device: torch.device) -> GenTargetEncoder:
+        """The model configuration a fit checkpoint's hyper_parameters hold (``overrides`` applied) and
+        the VAE and SigLIP weights it holds: its live weights (``current_model_state`` when it kept an
+        EMA), since a training step computes targets with the live encoders."""
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # nothing unpickled as code
+            cfg = apply_overrides(config_from_hparams(dict(checkpoint["hyper_parameters"])), overrides)
+            cfg.validate()
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise UserInputError(
+                f"--checkpoint {path}: not a fit checkpoint with hyper_parameters ({err})"
+            ) from None
+        if not cfg.generation:
+            raise UserInputError(
+                f"--checkpoint {path}: its model has no generation part: nothing to pre-encode"
+            )
+        state = checkpoint.get("current_model_state") or checkpoint["state_dict"]
+        vae = build_vae(cfg.vae)  # as load_janusflow builds it; the checkpoint's tensors then replace it
+        siglip = build_siglip(cfg.siglip) if cfg.needs_siglip else None
+        # the SigLIP is the understanding encoder, or (B, C, E) the frozen REPA target encoder
+        name = "vision_und_enc_model" if cfg.und_encoder == "siglip" else "repa_target_encoder"
+        for module, prefix in ((vae, "model.vae."), (siglip, f"model.{name}.")):
+            if module is None:
+                continue
+            weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            try:  # strict: every tensor of the encoder comes from the checkpoint
+                module.load_state_dict(weights)
+            except RuntimeError as err:
+                raise UserInputError(
+                    f"--checkpoint {path}: its {prefix}* tensors do not fit: {err}"
+                ) from None
+        return cls(cfg, device, vae, siglip)
+
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """N images -> latents (N, C, h, w) and targets (N, T_gen, D) or None, float32."""
+        pixels = torch.stack(
+            [centre_crop_transform(im, self.cfg.image_size) for im in images]
+        )  # (N, 3, S, S)
+        pixels = pixels.to(self.device)
+        latents = self.vae.encode(pixels)  # (N, C, h, w), float32, scaled
+        targets = self.siglip(pixels).float() if self.siglip is not None else None  # (N, T, D)
+        return latents.cpu().numpy(), None if targets is None else targets.cpu().numpy()
+
+    def expected_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        latent = (self.cfg.vae.latent_channels, self.cfg.latent_size, self.cfg.latent_size)
+        target = (self.cfg.siglip.num_tokens, self.cfg.siglip.width) if self.siglip is not None else None
+        return latent, target
