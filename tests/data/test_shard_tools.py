@@ -55,7 +55,14 @@ def image_folder(tmp_path) -> Path:
     """Six good captioned images (png, jpeg, gif, a CMYK tiff; one in a subfolder) and one of each bad input."""
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)
-    good = {"a.png": "PNG", "b.jpg": "JPEG", "sub/c.png": "PNG", "d.gif": "GIF", "e.png": "PNG", "f.tiff": "TIFF"}
+    good = {
+        "a.png": "PNG",
+        "b.jpg": "JPEG",
+        "sub/c.png": "PNG",
+        "d.gif": "GIF",
+        "e.png": "PNG",
+        "f.tiff": "TIFF",
+    }
     for i, (name, fmt) in enumerate(good.items()):
         mode = "CMYK" if fmt == "TIFF" else "RGB"
         (root / name).write_bytes(image_bytes((40 * i, 0, 0), fmt=fmt, mode=mode))
@@ -213,7 +220,9 @@ def test_hf_save_to_disk(tmp_path, hf_rows):
     with pytest.raises(UserInputError, match="--split"):
         write_shards(HFDatasetJob(str(saved), "gen", "caption", "picture"), tmp_path / "x")
     out = tmp_path / "gen"
-    summary = write_shards(HFDatasetJob(str(saved), "gen", "caption", "picture", "train", samples_per_shard=2), out)
+    summary = write_shards(
+        HFDatasetJob(str(saved), "gen", "caption", "picture", "train", samples_per_shard=2), out
+    )
     got = read_out(out, "gen")
     assert sorted(got) == [f"{saved} row {i}" for i in range(4)]
     for i in range(4):
@@ -266,7 +275,9 @@ def test_text_modes(tmp_path, capsys):
 
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"content": "a"}\n{"content": "b"}\n{oops\n{"other": 1}\n{"content": 7}\n')
-    shards_main(["text", str(jsonl), "--mode", "jsonl", "--text-field", "content", "--out", str(tmp_path / "j")])
+    shards_main(
+        ["text", str(jsonl), "--mode", "jsonl", "--text-field", "content", "--out", str(tmp_path / "j")]
+    )
     printed = capsys.readouterr().out
     assert printed.startswith("2 text samples in 1 shards")
     for reason in ("JSONL line not JSON", "JSONL line without 'content'", "document not a string"):
