@@ -51,6 +51,11 @@ class PackedBatch:
     """(N_gen, T_gen, D) float: pre-encoded REPA targets (skip the target encoder), or None."""
     batch_index: int = 0
     """Global index of this batch in its stream (set by the loader worker that built it)."""
+    sample_keys: list[str] | None = None
+    """``"<kind>:<shard url>#<key>"`` of each sample, in the order they were built (not row order)."""
+    data_stats: dict[str, int] | None = None
+    """Records skipped (by reason) or altered while this batch was built: the loader workers' counts,
+    shipped to the main process with the batch (``callbacks/data_stats.py`` logs them)."""
 
     @property
     def num_rows(self) -> int:

@@ -1,12 +1,13 @@
 """The LightningDataModule: WebDataset sources -> whole ``PackedBatch``es built inside loader workers.
 
-Batch numbering: loader worker ``w`` of ``W`` on DDP rank ``r`` of ``N`` builds the global batch indices
-``b = start + r + N * (w + W * i)``, i = 0, 1, ... The DataLoader hands out its workers' items round
-robin, so rank ``r`` trains on ``start + r, start + r + N, ...`` in order, and every batch is a pure
-function of (seed, b) except for which samples the per-worker streams deliver: kind counts (from the
-ratio schedule), source choices, crops and prompt drops all come from a per-batch RNG seeded by
-(seed, b). The N batches ``b // N = m`` that the ranks train side by side share their kind counts
-(equal work per rank at the gradient all-reduce).
+Every training batch is a pure function of (seed, origin, global batch index, readers): which batch each
+rank and worker builds, which records it reads and every random choice (``stream.py``, ``split.py``).
+The data position of a run is therefore one number, the next global batch index, which ``state_dict``
+records; a run resumed from a checkpoint (even after ``kill -9``) trains on exactly the batches an
+unbroken run would. Resuming with another number of loader workers re-splits the streams: they start
+over from the resume batch with a fresh shuffle (``origin``), so samples of the interrupted epochs may
+come again or not at all; resuming with another number of processes is refused (the ratio schedule
+counts micro-steps of all ranks).
 
 The ratio schedule is written in optimizer steps (as the paper's Table 1); one optimizer step is
 ``accumulate_grad_batches`` micro-steps of N batches, so the schedule is stretched to micro-steps.
@@ -14,116 +15,45 @@ The ratio schedule is written in optimizer steps (as the paper's Table 1); one o
 
 from __future__ import annotations
 
-import itertools
+import logging
 import os
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from jf_lightning.batch import PackedBatch
-from jf_lightning.data.mixing import RatioSchedule, apportion
-from jf_lightning.data.packing import pack
-from jf_lightning.data.sources import KINDS, Kind, OrderedStream, RawSample, ResampledStream, SourceConfig
+from jf_lightning.data.mixing import RatioSchedule
+from jf_lightning.data.reader import DataStop, count_records, local_path, shard_is_empty
+from jf_lightning.data.sources import KINDS, MEMBERS, Kind, SourceConfig
+from jf_lightning.data.stream import PackedBatchStream
 from jf_lightning.data.templates import Templater, TemplateStyle
-from jf_lightning.data.transforms import gen_transform, und_transform
 from jf_lightning.inputs import UserInputError
 
-_TRAIN, _VAL = 0, 1  # RNG stream tags: validation never shares random numbers with training
-
-
-class PackedBatchStream(IterableDataset):
-    """Builds whole packed batches. ``num_batches=None``: infinite training stream from resampled
-    shards; otherwise a finite validation stream of batches ``0 .. num_batches - 1`` read in a fixed
-    order (the same batches whatever the worker count), without prompt drop."""
-
-    def __init__(
-        self,
-        sources: dict[Kind, list[SourceConfig]],
-        schedule: RatioSchedule,
-        templater: Templater,
-        batch_size: int,
-        seq_len: int,
-        image_size: int,
-        prompt_drop_prob: float,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        start: int = 0,
-        num_batches: int | None = None,
-    ):
-        self.sources, self.schedule, self.templater = sources, schedule, templater
-        self.batch_size, self.seq_len, self.image_size = batch_size, seq_len, image_size
-        self.prompt_drop_prob, self.seed = prompt_drop_prob, seed
-        self.rank, self.world_size, self.start, self.num_batches = rank, world_size, start, num_batches
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if self.num_batches is None:
-            # The start index is part of the key so a resumed run does not replay the first shards.
-            key = f"{self.seed}/{self.start}/{self.rank}/{worker}"
-            streams: dict = {k: ResampledStream(s, key) for k, s in self.sources.items()}
-        else:
-            streams = {k: OrderedStream(s) for k, s in self.sources.items()}
-        for i in itertools.count():
-            b = self.start + self.rank + self.world_size * (worker + num_workers * i)
-            if self.num_batches is not None and b >= self.start + self.num_batches:
-                return
-            yield self.build(b, streams)
-
-    def build(self, b: int, streams: dict) -> PackedBatch:
-        """Batch ``b``: kind counts from the schedule, every random choice from the (seed, b) RNG."""
-        train = self.num_batches is None
-        counts = self.schedule.kind_counts(self.count_index(b), self.batch_size)
-        rng = np.random.default_rng([self.seed, _TRAIN if train else _VAL, b])
-        crops = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        samples = []
-        for kind in KINDS:
-            if counts[kind] == 0:
-                continue
-            if train:
-                raws = [streams[kind].next(rng) for _ in range(counts[kind])]
-            else:  # offset of batch b in this kind's fixed order = samples of this kind before it
-                offset = apportion(b * self.batch_size, self.schedule.ratios[0])[KINDS.index(kind)]
-                raws = streams[kind].read(offset, counts[kind])
-            samples += [self._sample(raw, rng, crops, train) for raw in raws]
-        pad = self.templater.pad
-        return pack(samples, self.seq_len, pad, batch_index=b, image_size=self.image_size)
-
-    def count_index(self, b: int) -> int:
-        """Which entry of the schedule's count sequence batch ``b`` takes. Training: the ``world_size``
-        batches that ranks train side by side (``b // world_size``, one micro-step) take the same kind
-        counts, so no rank waits at the gradient all-reduce for another's extra generation samples (a
-        generation sample costs about three understanding samples); the schedule then counts in
-        micro-steps. Validation counts its fixed sequence batch by batch (its offsets below do)."""
-        return b // self.world_size if self.num_batches is None else b
-
-    def _sample(self, raw: RawSample, rng: np.random.Generator, crops: torch.Generator, train: bool):
-        pixels = None
-        if raw.image is not None and raw.kind == "und":
-            pixels = und_transform(raw.image, self.image_size)
-        elif raw.image is not None:
-            pixels = gen_transform(raw.image, self.image_size, crops)
-        drop = train and raw.kind == "gen" and bool(rng.random() < self.prompt_drop_prob)
-        return self.templater.from_raw(raw, pixels, drop_prompt=drop, max_text_len=self.seq_len)
+log = logging.getLogger(__name__)
 
 
 class _StreamLoader(DataLoader):
     """Sets the dataset's start index each time iteration begins (a new epoch after
-    ``limit_train_batches`` continues the stream instead of replaying it)."""
+    ``limit_train_batches`` continues the stream instead of replaying it), and turns a worker's
+    ``DataStop`` (too many bad samples in a row) into its one line."""
 
     def __init__(self, dataset: PackedBatchStream, start_fn, **kwargs):
         super().__init__(dataset, **kwargs)
         self._start_fn = start_fn
 
     def __iter__(self):
-        self.dataset.start = self._start_fn()  # workers are forked after this and copy the new start
-        return super().__iter__()
+        self._start_fn(self.dataset)  # sets start and origin; workers are forked after this and copy them
+        return _one_line_stops(super().__iter__())
+
+
+def _one_line_stops(batches):
+    try:
+        yield from batches
+    except DataStop as err:  # from a worker, the message holds its traceback: keep the last line
+        raise UserInputError(str(err).strip().splitlines()[-1].split("DataStop: ")[-1]) from None
 
 
 def _group(sources: list[SourceConfig], key: str, root: str | None) -> dict[Kind, list[SourceConfig]]:
@@ -140,7 +70,19 @@ def _group(sources: list[SourceConfig], key: str, root: str | None) -> dict[Kind
                 hint = (f"; relative patterns are looked up {where}: set data.data_root (the recipes read it "
                         "from $JF_DATA_ROOT) to the folder holding your shards (data/README.md)")  # fmt: skip
             raise UserInputError(f"data.{key}[{i}]: {err}{hint}") from None
+        resolved[-1] = _without_empty_shards(resolved[-1], f"data.{key}[{i}]")
     return {k: [s for s in resolved if s.kind == k] for k in KINDS if any(s.kind == k for s in resolved)}
+
+
+def _without_empty_shards(source: SourceConfig, where: str) -> SourceConfig:
+    """``source`` without its zero-byte or member-less local shards (each named in a warning: they
+    would hold up a reader with nothing); a one-line error if none is left."""
+    empty = [url for url in source.urls if local_path(url) is not None and shard_is_empty(local_path(url))]
+    for url in empty:
+        log.warning("%s: shard %s is empty (a zero-byte file or a tar without members): skipped", where, url)
+    if len(empty) == len(source.urls):
+        raise UserInputError(f"{where}: every shard is empty (zero-byte or without members), e.g. {empty[0]}")
+    return replace(source, urls=[url for url in source.urls if url not in empty]) if empty else source
 
 
 def _is_relative(url: str) -> bool:
@@ -162,7 +104,9 @@ class JanusFlowDataModule(LightningDataModule):
     The kinds are mixed by a step schedule; batches are built whole in the loader workers and numbered
     globally (see the module docstring). Hooks ``on_before_batch_transfer`` to learn which batch the
     training loop consumed (for ``state_dict``): a LightningModule override of that hook is ignored
-    by Lightning while this one exists.
+    by Lightning while this one exists. The same hook checks that a resumed run's first batch is the
+    one its checkpoint recorded: a Lightning code path that builds the loader before restoring the
+    data state (Lightning issue #20550) would otherwise replay the stream from its start unnoticed.
     """
 
     def __init__(
@@ -183,6 +127,7 @@ class JanusFlowDataModule(LightningDataModule):
         val_batches: int = 8,
         data_root: str | None = None,
         global_batch_size: int | None = None,
+        max_consecutive_bad_samples: int = 100,
     ):
         """
         Args:
@@ -210,6 +155,9 @@ class JanusFlowDataModule(LightningDataModule):
                 ``trainer.accumulate_grad_batches`` to ``global_batch_size / (batch_size x world size)``
                 and refuses a world size that cannot make it; None: ``batch_size`` per process and
                 micro-step, with the trainer's own accumulation.
+            max_consecutive_bad_samples: Records of one source that may fail in a row (unreadable,
+                missing a member, broken shard; each skipped and counted as ``data/skipped/<reason>``)
+                before the run stops with one line naming the source and the reason.
         """
         super().__init__()
         if not 0.0 <= prompt_drop_prob <= 1.0:
@@ -233,8 +181,11 @@ class JanusFlowDataModule(LightningDataModule):
         self._tokenizer = None
         self._train: dict[Kind, list[SourceConfig]] | None = None
         self._val: dict[Kind, list[SourceConfig]] | None = None
+        self.max_consecutive_bad_samples = max_consecutive_bad_samples
         self._start = 0  # first global batch index of the next training iteration
         self._last_index: int | None = None  # last training batch index seen by the training loop
+        self._origin = 0  # batch index the streams' positions count from (moves when a resume re-splits)
+        self._restored: dict[str, Any] | None = None  # the checkpoint's data state, until a batch proves it
 
     @property
     def tokenizer(self):
@@ -318,8 +269,27 @@ class JanusFlowDataModule(LightningDataModule):
             rank,
             world,
             start=self._start,
+            origin=self._origin,
+            max_consecutive_bad_samples=self.max_consecutive_bad_samples,
         )
-        return self._loader(dataset, start_fn=self._next_batch_index)
+        self._check_split(world * max(1, self.num_workers))
+        return self._loader(dataset, start_fn=self._begin_iteration)
+
+    def _check_split(self, readers: int) -> None:
+        """Refuse, before training, a local source whose few shards (fewer than the readers, so
+        strided) hold fewer samples than there are readers: some reader would have none."""
+        for kind, sources in (self._train or {}).items():
+            for source in sources:
+                urls = list(source.urls)
+                if len(urls) >= readers or any(local_path(u) is None for u in urls):
+                    continue
+                total = sum(count_records(u, MEMBERS[kind]) for u in urls)
+                if total < readers:
+                    raise UserInputError(
+                        f"data.sources: the {kind} shards {urls[0]} ... ({len(urls)}) hold {total} samples, fewer "
+                        f"than the {readers} readers (processes x max(1, data.num_workers)) that split them: use "
+                        "fewer data.num_workers or more samples"
+                    )
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_sources:
@@ -356,8 +326,38 @@ class JanusFlowDataModule(LightningDataModule):
         # The batch the training loop is about to use (the loaders prefetch ahead: what the workers
         # have built says nothing about what was trained on).
         if isinstance(batch, PackedBatch) and self.trainer is not None and self.trainer.training:
+            if self._restored is not None:
+                expected = int(self._restored["next_batch_index"]) + self._dist()[0]
+                if batch.batch_index != expected:
+                    raise RuntimeError(
+                        f"data: the resumed run's first batch is {batch.batch_index}, but its checkpoint "
+                        f"continues at batch {expected}: the loader was built before the data state was "
+                        "restored (Lightning issue #20550) and would replay the stream"
+                    )
+                self._restored = None
             self._last_index = batch.batch_index
         return batch
+
+    def _begin_iteration(self, dataset: PackedBatchStream) -> None:
+        """Point the training stream at the next batch; on the first iteration after a restore, check
+        that the checkpoint's split is this run's (module docstring)."""
+        dataset.start = self._next_batch_index()
+        world = self._dist()[1]
+        readers = world * max(1, self.num_workers)
+        state = self._restored
+        if state is not None and state.get("world_size", world) != world:
+            raise UserInputError(
+                f"the checkpoint's data stream was split over {state['world_size']} processes and this run has "
+                f"{world}: resume on {state['world_size']} processes (trainer.devices x trainer.num_nodes)"
+            )
+        if state is not None and state.get("readers") != readers and self._origin != dataset.start:
+            log.warning(
+                "data: the checkpoint's streams were split over %s readers and this run has %d (processes x "
+                "max(1, data.num_workers)): they start over at batch %d with a fresh shuffle",
+                state.get("readers", "unknown"), readers, dataset.start,
+            )  # fmt: skip
+            self._origin = dataset.start
+        dataset.origin = self._origin
 
     def _next_batch_index(self) -> int:
         """First batch index not yet trained on by any rank (the start of the next step group)."""
@@ -367,17 +367,21 @@ class JanusFlowDataModule(LightningDataModule):
         return self._last_index - rank + world
 
     def state_dict(self) -> dict[str, Any]:
-        # Recorded: the next global batch index, so a resumed run continues the batch numbering (kind
-        # counts, source choices, crops and prompt drops are functions of (seed, index) and so resume
-        # exactly). Missing for full exact resumption: the position of each worker's shard streams
-        # (shard RNG state, offset inside the shard). A resumed run seeds fresh streams (the start
-        # index is in their seed), so it sees different, not repeated, samples than an uninterrupted
-        # run would. Resuming with another world size or accumulation changes the step<->index map.
+        # The whole data position: every batch is a function of (seed, origin, index, readers), and
+        # the packer carries nothing over, so the next index is where every rank's and worker's
+        # streams stand (the shard, the record in it, the schedule's counts and the RNGs all follow).
+        world = self._dist()[1]
         return {
             "next_batch_index": self._next_batch_index(),
+            "origin": self._origin,
+            "world_size": world,
+            "readers": world * max(1, self.num_workers),
             "seed": self.seed,
             "batch_size": self.batch_size,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._start, self._last_index = int(state_dict["next_batch_index"]), None
+        # A checkpoint written before origins were recorded: its streams cannot be found again.
+        self._origin = int(state_dict.get("origin", self._start))
+        self._restored = dict(state_dict)

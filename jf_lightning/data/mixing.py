@@ -22,7 +22,7 @@ from jf_lightning.data.sources import KINDS, Kind
 from jf_lightning.schedules import check_start_steps, segment_at
 
 
-def _integer_ratio(ratio: Sequence[float]) -> tuple[int, ...]:
+def integer_ratio(ratio: Sequence[float]) -> tuple[int, ...]:
     """(0.3, 0.5, 0.2) or (30, 50, 20) -> (3, 5, 2): exact integers so priorities compare exactly."""
     fracs = [Fraction(r).limit_denominator(10**6) for r in ratio]
     scale = math.lcm(*(f.denominator for f in fracs))
@@ -67,7 +67,7 @@ class RatioSchedule:
                     f"with a positive sum, got {ratio}"
                 )
         self.starts = starts
-        self.ratios = [_integer_ratio(ratio) for _, ratio in entries]
+        self.ratios = [integer_ratio(ratio) for _, ratio in entries]
 
     def _segment(self, step: int) -> int:
         return segment_at(self.starts, step)

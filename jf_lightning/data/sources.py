@@ -2,8 +2,10 @@
 
 Only the members a layout names are read and decoded (images through PIL, ``txt`` as UTF-8, ``json``,
 ``.npy`` with pickling off). webdataset's default decoders would unpickle ``.pyd`` / ``.pickle``
-members, running code from whoever wrote the shard, so this module uses only webdataset's tar reader
-and decodes everything itself; unknown members are never even read out of the tar.
+members, running code from whoever wrote the shard, so the tars are read by ``reader.py`` (tarfile, with
+webdataset's key grouping) and everything is decoded here; unknown members are never even read out of
+the tar. A record that cannot be used raises ``BadSample`` with its reason; the training and
+validation streams (``split.py``) skip and count those.
 
 Layouts (member suffixes):
 - ``und``: image (``jpg``/``jpeg``/``png``/``webp``) + ``json`` with a LLaVA ``conversations`` list,
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import io
-import itertools
 import json
 import os
 import random
@@ -28,14 +29,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 from braceexpand import braceexpand
-from PIL import Image
-from webdataset.gopen import gopen
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+from PIL import Image, ImageOps
+
+from jf_lightning.data.reader import BadSample, iter_records
 
 Kind = Literal["und", "gen", "text"]
 KINDS: tuple[Kind, ...] = ("und", "gen", "text")
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
-_MEMBERS: dict[str, frozenset[str]] = {
+MEMBERS: dict[str, frozenset[str]] = {
     "und": frozenset(IMAGE_SUFFIXES + ("json", "txt")),
     "gen": frozenset(IMAGE_SUFFIXES + ("txt", "json", "latent.npy", "siglip.npy")),
     "text": frozenset(("txt",)),
@@ -105,7 +106,12 @@ def expand_urls(urls: str | list[str]) -> list[str]:
                 matches = sorted(glob.glob(path))
                 if not matches:
                     raise FileNotFoundError(f"shard pattern {pattern!r}: glob {path!r} matches no file")
+                folder = next((m for m in matches if os.path.isdir(m)), None)
+                if folder is not None:
+                    raise FileNotFoundError(f"shard pattern {pattern!r}: {folder!r} is a directory, not a tar file")
                 out.extend(matches)
+            elif os.path.isdir(path):
+                raise FileNotFoundError(f"shard pattern {pattern!r}: {path!r} is a directory, not a tar file")
             elif not os.path.isfile(path):
                 raise FileNotFoundError(f"shard pattern {pattern!r}: shard {path!r} does not exist")
             else:
@@ -116,92 +122,136 @@ def expand_urls(urls: str | list[str]) -> list[str]:
 def iter_members(url: str, kind: Kind) -> Iterator[dict[str, Any]]:
     """Raw (undecoded) member groups of one shard: {"__key__", "__url__", suffix: bytes}.
 
-    Members the layout does not name are skipped inside the tar without being read.
+    Members the layout does not name are skipped inside the tar without being read. A shard that
+    cannot be read to its end raises a one-line error naming it (the training streams skip instead).
     """
-    wanted = _MEMBERS[kind]
-
-    def select(fname: str) -> bool:
-        suffix = base_plus_ext(fname)[1]
-        return suffix is not None and suffix.lower() in wanted
-
-    with gopen(url, "rb") as stream:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select))
-        yield from group_by_keys(files)
+    for _, record in iter_records(url, MEMBERS[kind]):
+        if "__error__" in record:
+            if record["__error__"] == "empty_shard":
+                return
+            raise ValueError(f"shard {url} {record['__detail__']}")
+        yield record
 
 
-def _missing(sample: dict[str, Any], kind: Kind, what: str) -> ValueError:
+def _missing(sample: dict[str, Any], kind: Kind, what: str) -> BadSample:
     found = sorted(k for k in sample if not k.startswith("__"))
-    return ValueError(
-        f"shard {sample['__url__']}: sample {sample['__key__']!r} ({kind}) has no {what} member (found {found})"
+    return BadSample(
+        "missing_member", sample["__url__"], sample["__key__"], f"({kind}) has no {what} member (found {found})"
     )
 
 
-def _image(sample: dict[str, Any], kind: Kind) -> Image.Image:
+def _bad(sample: dict[str, Any], reason: str, message: str) -> BadSample:
+    return BadSample(reason, sample["__url__"], sample["__key__"], message)
+
+
+def usable_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, as the camera meant it: EXIF orientation applied; transparency
+    composited on white (what a transparent picture shows on a page); 16-bit and 32-bit integer
+    greyscale scaled to 8 bits (PIL's own ``convert`` clips them, making most pixels white); CMYK and
+    palettes through PIL's conversions."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        wide = np.asarray(image, dtype=np.float64)  # (H, W)
+        top = 65535.0 if image.mode.startswith("I;16") or wide.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(wide * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _image(sample: dict[str, Any], kind: Kind, draft_size: int | None = None) -> Image.Image:
     suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
     if suffix is None:
         raise _missing(sample, kind, "image (" + "/".join(IMAGE_SUFFIXES) + ")")
     try:
         image = Image.open(io.BytesIO(sample[suffix]))
+        if draft_size is not None and image.format == "JPEG":
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free: the smallest that stays >= the
+            # size the transforms resize to on both sides (so no detail they keep is lost).
+            image.draft("RGB", (draft_size, draft_size))
         image.load()  # surface truncated files here, with the shard named, not later in a transform
-    except Exception as exc:  # PIL raises many types; the message names the sample instead
-        raise ValueError(
-            f"shard {sample['__url__']}: sample {sample['__key__']!r} has an unreadable {suffix}: {exc}"
-        ) from exc
-    return image
+        return usable_rgb(image)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types; the message names the sample instead
+        raise _bad(sample, "bad_image", f"has an unreadable {suffix}: {exc}") from None
 
 
 def _json_object(sample: dict[str, Any]) -> Any:
     try:
         return json.loads(sample["json"].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"shard {sample['__url__']}: sample {sample['__key__']!r} has an unreadable json: {exc}") from None
+        raise _bad(sample, "bad_json", f"has an unreadable json: {exc}") from None
 
 
-def _turns(sample: dict[str, Any]) -> list[tuple[str, str]]:
-    where = f"shard {sample['__url__']}: sample {sample['__key__']!r}"
-    data = _json_object(sample)
-    conv = data.get("conversations") if isinstance(data, dict) else None
-    if not isinstance(conv, list) or not conv:
-        raise ValueError(f"{where}: json has no non-empty 'conversations' list")
+def _turns(sample: dict[str, Any], data: dict[str, Any]) -> list[tuple[str, str]]:
+    conv = data.get("conversations")
+    if not isinstance(conv, list) or not conv or not all(isinstance(m, dict) for m in conv):
+        raise _bad(sample, "bad_json", "json has no non-empty 'conversations' list")
     roles = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
     msgs = [(roles.get(str(m.get("from", "")).lower()), str(m.get("value", ""))) for m in conv]
     expected = ["human", "gpt"] * (len(msgs) // 2)
     if len(msgs) % 2 or [r for r, _ in msgs] != expected:
-        raise ValueError(f"{where}: conversations must alternate human/gpt turns, starting with human")
+        raise _bad(sample, "bad_json", "conversations must alternate human/gpt turns, starting with human")
     return [(msgs[i][1], msgs[i + 1][1]) for i in range(0, len(msgs), 2)]
 
 
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle shard contents
+def _npy(sample: dict[str, Any], name: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(sample[name]), allow_pickle=False)  # never unpickle shard contents
+    except (ValueError, OSError, EOFError) as exc:
+        raise _bad(sample, "bad_array", f"has an unreadable {name}: {exc}") from None
 
 
-def decode(sample: dict[str, Any], kind: Kind) -> RawSample:
-    """Decode the members ``kind``'s layout names; a one-line error names what is missing."""
+def _text(sample: dict[str, Any]) -> str:
+    try:
+        text = sample["txt"].decode("utf-8")
+    except UnicodeDecodeError as exc:  # skipped rather than guessed: a wrong codec trains on mojibake
+        raise _bad(sample, "bad_text", f"has a txt that is not UTF-8 ({exc})") from None
+    if not text.strip():
+        raise _bad(sample, "empty_text", "has an empty txt")
+    return text
+
+
+def decode(sample: dict[str, Any], kind: Kind, draft_size: int | None = None) -> RawSample:
+    """Decode the members ``kind``'s layout names; a ``BadSample`` (a ``ValueError`` whose one line
+    names the shard and key) says why a record cannot be used.
+
+    Understanding: a ``json`` holding a ``conversations`` key is the conversation; otherwise the
+    ``txt`` is a caption (img2dataset's shards: ``jpg`` + ``txt`` + a ``json`` of crawl metadata).
+    ``draft_size``: the side the image will be resized to; JPEGs are then decoded at a reduced scale
+    that stays at or above it.
+    """
     raw = RawSample(kind=kind, key=sample["__key__"], url=sample["__url__"])
     has_txt = "txt" in sample
-    if has_txt:
-        raw.text = sample["txt"].decode("utf-8")
     if kind == "text":
         if not has_txt:
             raise _missing(sample, kind, "txt")
+        raw.text = _text(sample)
         return raw
     if kind == "und":
-        if "json" in sample:
-            raw.turns = _turns(sample)
-        elif not has_txt:
+        data = _json_object(sample) if "json" in sample else None
+        if isinstance(data, dict) and "conversations" in data:
+            raw.turns = _turns(sample, data)
+        elif has_txt:
+            raw.text = _text(sample)
+        else:
             raise _missing(sample, kind, "json (conversations) or txt (caption)")
-        raw.image = _image(sample, kind)
+        raw.image = _image(sample, kind, draft_size)
         return raw
     if not has_txt:
         raise _missing(sample, kind, "txt (prompt)")
+    raw.text = _text(sample)
     if "latent.npy" in sample:
-        raw.latent = _npy(sample["latent.npy"])
+        raw.latent = _npy(sample, "latent.npy")
     if "siglip.npy" in sample:
-        raw.siglip = _npy(sample["siglip.npy"])
+        raw.siglip = _npy(sample, "siglip.npy")
     if "json" in sample:
         raw.meta = _json_object(sample)
     if raw.latent is None or raw.siglip is None:  # fully pre-encoded samples skip the image decode
-        raw.image = _image(sample, kind)
+        raw.image = _image(sample, kind, draft_size)
     return raw
 
 
@@ -250,26 +300,3 @@ class ResampledStream:
     def next(self, rng: np.random.Generator) -> RawSample:
         index = int(rng.choice(len(self._iters), p=self._p)) if len(self._iters) > 1 else 0
         return decode(next(self._iters[index]), self.kind)
-
-
-class OrderedStream:
-    """Validation stream of one kind: every source's shards in order, cycled when exhausted.
-
-    ``read(offset, count)`` returns samples ``offset .. offset + count - 1`` of that fixed order, so a
-    validation batch is the same whichever worker or rank builds it. Reads must move forward (they do:
-    a worker builds increasing batch indices); skipped samples are never decoded.
-    """
-
-    def __init__(self, sources: list[SourceConfig]):
-        self.kind = sources[0].kind
-        self._urls = [url for src in sources for url in src.urls]
-        self._iter: Iterator[dict[str, Any]] | None = None
-        self._pos = 0
-
-    def read(self, offset: int, count: int) -> list[RawSample]:
-        if self._iter is None or offset < self._pos:
-            self._iter, self._pos = _cycle_shards(self._urls, self.kind, itertools.cycle(self._urls)), 0
-        for _ in range(offset - self._pos):
-            next(self._iter)
-        self._pos = offset + count
-        return [decode(next(self._iter), self.kind) for _ in range(count)]

@@ -177,11 +177,17 @@ def test_missing_member_names_shard_key_and_member(tmp_path, tiny_shards, tokeni
     with pytest.raises(ValueError, match=r"bad\.tar.*'s0'.*txt") as err:
         decode(next(iter_members(url, "gen")), "gen")
     assert "\n" not in str(err.value)
+    # the stream skips it; past max_consecutive_bad_samples failures in a row the run stops in one line
     dm = make_dm(
-        tiny_shards, tokenizer_dir, sources=[SourceConfig(url, "gen")], ratio_schedule=[(0, (0, 1, 0))]
+        tiny_shards,
+        tokenizer_dir,
+        sources=[SourceConfig(url, "gen")],
+        ratio_schedule=[(0, (0, 1, 0))],
+        max_consecutive_bad_samples=3,
     )
-    with pytest.raises(ValueError, match=r"bad\.tar.*'s0'"):
+    with pytest.raises(UserInputError, match=r"4 samples in a row of gen source 0 .*missing_member.*bad\.tar.*'s0'") as err:
         next(iter(dm.train_dataloader()))
+    assert "\n" not in str(err.value) and "data.max_consecutive_bad_samples" in str(err.value)
 
 
 def test_bad_conversation_json_is_named(tmp_path, write_shard, png):
