@@ -238,10 +238,13 @@ def score_image(
     image: Image.Image | np.ndarray,
     spec: Mapping[str, Any],
     options: GenEvalOptions = GenEvalOptions(),
+    detections: list[Detection] | None = None,
 ) -> tuple[bool, str, dict[str, list[Detection]]]:
-    """Detect, colour what the spec's colour clauses check, and score: (correct, reasons, the kept
-    detections per class, most confident first, as GenEval's ``details`` lists them)."""
-    grouped = group_detections(detector.detect(image), spec["tag"], options)
+    """Detect (unless ``detections`` of ``image`` are given), colour what the spec's colour clauses
+    check, and score: (correct, reasons, the kept detections per class, most confident first, as
+    GenEval's ``details`` lists them)."""
+    detections = detector.detect(image) if detections is None else detections
+    grouped = group_detections(detections, spec["tag"], options)
     for req in spec.get("include", []):
         found = grouped.get(req["class"], [])
         n = int(req["count"])
