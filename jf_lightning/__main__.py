@@ -12,15 +12,36 @@ def _compare(argv: list[str]) -> None:
     main(argv)
 
 
+def _upload_spool(argv: list[str]) -> None:
+    from jf_lightning.callbacks.tracking import main
+
+    main(argv)
+
+
 def _shards(argv: list[str]) -> None:
     from jf_lightning.commands.shards import main
 
     main(argv)
 
 
+def _generate(argv: list[str]) -> None:
+    from jf_lightning.commands.generate import main
+
+    main(argv)
+
+
+def _chat(argv: list[str]) -> None:
+    from jf_lightning.commands.chat import main
+
+    main(argv)
+
+
 # name -> runner of ``python -m jf_lightning <name> <argv...>``; each imports its module only when run.
 COMMANDS = {
+    "generate": _generate,
+    "chat": _chat,
     "compare": _compare,
+    "upload-spool": _upload_spool,
     "shards": _shards,
 }
 
