@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -56,9 +57,12 @@ def _one_line_stops(batches):
         raise UserInputError(str(err).strip().splitlines()[-1].split("DataStop: ")[-1]) from None
 
 
-def _group(sources: list[SourceConfig], key: str, root: str | None) -> dict[Kind, list[SourceConfig]]:
+def _group(
+    sources: list[SourceConfig], key: str, root: str | None, dropped: Counter
+) -> dict[Kind, list[SourceConfig]]:
     """Sources by kind, their patterns expanded to shard lists (relative local ones under ``root``);
-    a missing shard is a one-line error naming the config key, before training starts."""
+    a missing shard is a one-line error naming the config key, before training starts. Empty shards
+    are left out and counted in ``dropped``."""
     resolved = []
     for i, source in enumerate(sources):
         try:
@@ -70,14 +74,15 @@ def _group(sources: list[SourceConfig], key: str, root: str | None) -> dict[Kind
                 hint = (f"; relative patterns are looked up {where}: set data.data_root (the recipes read it "
                         "from $JF_DATA_ROOT) to the folder holding your shards (data/README.md)")  # fmt: skip
             raise UserInputError(f"data.{key}[{i}]: {err}{hint}") from None
-        resolved[-1] = _without_empty_shards(resolved[-1], f"data.{key}[{i}]")
+        resolved[-1] = _without_empty_shards(resolved[-1], f"data.{key}[{i}]", dropped)
     return {k: [s for s in resolved if s.kind == k] for k in KINDS if any(s.kind == k for s in resolved)}
 
 
-def _without_empty_shards(source: SourceConfig, where: str) -> SourceConfig:
+def _without_empty_shards(source: SourceConfig, where: str, dropped: Counter) -> SourceConfig:
     """``source`` without its zero-byte or member-less local shards (each named in a warning: they
     would hold up a reader with nothing); a one-line error if none is left."""
     empty = [url for url in source.urls if local_path(url) is not None and shard_is_empty(local_path(url))]
+    dropped["empty_shard"] += len(empty)
     for url in empty:
         log.warning("%s: shard %s is empty (a zero-byte file or a tar without members): skipped", where, url)
     if len(empty) == len(source.urls):
@@ -182,6 +187,7 @@ class JanusFlowDataModule(LightningDataModule):
         self._train: dict[Kind, list[SourceConfig]] | None = None
         self._val: dict[Kind, list[SourceConfig]] | None = None
         self.max_consecutive_bad_samples = max_consecutive_bad_samples
+        self.setup_skips: Counter[str] = Counter()  # training shards left out at setup, by reason
         self._start = 0  # first global batch index of the next training iteration
         self._last_index: int | None = None  # last training batch index seen by the training loop
         self._origin = 0  # batch index the streams' positions count from (moves when a resume re-splits)
@@ -223,7 +229,7 @@ class JanusFlowDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Check every shard pattern and the tokenizer before any training step."""
         if stage in (None, "fit") and self._train is None:
-            self._train = _group(self.sources, "sources", self.data_root)
+            self._train = _group(self.sources, "sources", self.data_root, self.setup_skips)
             missing = sorted(self.schedule.kinds_used() - set(self._train))
             if missing:
                 raise ValueError(
@@ -231,7 +237,7 @@ class JanusFlowDataModule(LightningDataModule):
                 )
         if stage in (None, "fit", "validate") and self.val_sources:
             if self._val is None:
-                self._val = _group(self.val_sources, "val_sources", self.data_root)
+                self._val = _group(self.val_sources, "val_sources", self.data_root, Counter())
             self._check_val_share()  # every time: the world size is known only once the trainer runs
         self._templater()
 
