@@ -9,6 +9,7 @@ it skipped."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -85,19 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     p = tools.add_parser("encode", help="add latent.npy + siglip.npy to gen shards (new shards)")
     p.add_argument("inputs", nargs="+", help="gen shard patterns (brace patterns, globs)")
     p.add_argument("--out", required=True, help="folder for the pre-encoded shards (same file names)")
-    p.add_argument("--preset", default="tiny", help="model preset of the training run (models/config.py)")
-    p.add_argument("--ablation", help="Table 6 ablation of the training run (A-F)")
+    p.add_argument(
+        "--model-config",
+        help="a YAML holding the run's model.init_args: the config.yaml a run saves, or the output of "
+        "`jf fit -c recipe.yaml --print_config`",
+    )
+    p.add_argument(
+        "--checkpoint", help="a fit checkpoint: its model configuration and its VAE and SigLIP weights"
+    )
+    p.add_argument("--preset", default="tiny", help="without the two above: the run's model preset")
+    p.add_argument(
+        "--ablation", help="without --model-config / --checkpoint: the run's Table 6 ablation (A-F)"
+    )
     p.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="model config key, as the run's model overrides (repeat): siglip.source=..., vae.source=...",
-    )
-    p.add_argument(
-        "--checkpoint",
-        help="a fit checkpoint: its model config and its VAE and SigLIP weights "
-        "(in place of --preset/--ablation; --override still applies)",
+        help="model config key set on top (repeat), e.g. siglip.source=/models/siglip",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: this rank's GPU if any, else cpu)")
@@ -122,36 +128,38 @@ def overrides_from(pairs: list[str]) -> dict:
     return out
 
 
+def _abs(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(path)  # the same settings from any working directory
+
+
 def _job(args: argparse.Namespace):
     n = args.samples_per_shard
     if args.tool == "image-folder":
-        return ImageFolderJob(args.root, args.kind, args.captions, args.file_column, args.caption_column, n)
+        captions = _abs(args.captions)
+        return ImageFolderJob(_abs(args.root), args.kind, captions, args.file_column, args.caption_column, n)
     if args.tool == "llava":
-        return LlavaJob(args.conversations, args.images, n)
+        return LlavaJob(_abs(args.conversations), _abs(args.images), n)
     if args.tool == "hf-dataset":
+        root = _abs(args.image_root)
         return HFDatasetJob(
-            args.path, args.kind, args.text_column, args.image_column, args.split, args.image_root, n
+            _abs(args.path), args.kind, args.text_column, args.image_column, args.split, root, n
         )
-    return TextJob(list(args.inputs), args.mode, args.text_field, n)
+    return TextJob([_abs(p) for p in args.inputs], args.mode, args.text_field, n)
 
 
 def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     try:
         if args.tool == "encode":
-            from jf_lightning.data.writing.encode import run_encode  # torch and the models: only here
+            # torch and the models: imported only here
+            from jf_lightning.data.writing.encode import run_encode
+            from jf_lightning.data.writing.targets import ModelSource
 
+            overrides = overrides_from(args.override)
+            source = ModelSource(args.preset, args.ablation, overrides, args.checkpoint, args.model_config)
+            keep = not args.drop_images
             summary = run_encode(
-                args.inputs,
-                args.out,
-                args.preset,
-                args.ablation,
-                overrides_from(args.override),
-                args.batch_size,
-                args.device,
-                args.siglip_dtype,
-                not args.drop_images,
-                args.checkpoint,
+                args.inputs, args.out, source, args.batch_size, args.device, args.siglip_dtype, keep
             )
         else:
             summary = write_shards(_job(args), args.out, args.processes, args.prefix)

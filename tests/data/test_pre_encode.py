@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+import yaml
 from diffusers import AutoencoderKL
 from PIL import Image
 
@@ -22,7 +23,7 @@ from jf_lightning.data.sources import decode, iter_members
 from jf_lightning.data.templates import Templater
 from jf_lightning.data.transforms import gen_transform
 from jf_lightning.data.writing.encode import run_encode
-from jf_lightning.data.writing.targets import centre_crop_transform
+from jf_lightning.data.writing.targets import ModelSource, centre_crop_transform
 from jf_lightning.inputs import UserInputError
 from jf_lightning.models.config import resolve_config
 from jf_lightning.models.und_encoder import build_siglip, save_siglip
@@ -129,7 +130,7 @@ def batch_of(samples: list, tokenizer, cfg, pre_encoded: bool):
 
 def test_loss_same_on_pre_encoded_and_raw_shards(gen_shards, model_overrides, tokenizer, tmp_path):
     out = tmp_path / "encoded"
-    summary = run_encode(gen_shards, out, "tiny", None, model_overrides, batch_size=2)
+    summary = run_encode(gen_shards, out, ModelSource("tiny", None, model_overrides), batch_size=2)
     assert summary.count == 6 and sum(summary.skipped.values()) == 1
     raw = [s for path in gen_shards for s in read(path)]
     pre = [s for name in summary.shards for s in read(out / name)]
@@ -160,7 +161,7 @@ def test_loss_same_on_pre_encoded_and_raw_shards(gen_shards, model_overrides, to
 
 
 def test_ranks_split_shards_and_rerun_encodes_only_the_unfinished(
-    gen_shards, model_overrides, tmp_path, monkeypatch
+    gen_shards, model_overrides, tmp_path, monkeypatch, capsys
 ):
     inputs_before = {p: Path(p).read_bytes() for p in gen_shards}
     out = tmp_path / "encoded"
@@ -170,7 +171,7 @@ def test_ranks_split_shards_and_rerun_encodes_only_the_unfinished(
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
         before = set(out.glob("*.tar"))
-        run_encode(gen_shards, out, "tiny", None, overrides, batch_size=4)
+        run_encode(gen_shards, out, ModelSource("tiny", None, overrides), batch_size=4)
         written[rank] = sorted(p.name for p in set(out.glob("*.tar")) - before)
     assert written == {0: ["gen-000.tar", "gen-002.tar"], 1: ["gen-001.tar"]}  # shard i -> rank i % 2
     monkeypatch.delenv("RANK")
@@ -179,7 +180,7 @@ def test_ranks_split_shards_and_rerun_encodes_only_the_unfinished(
     # interrupted while writing gen-001: a partial file and no done-marker
     (out / "gen-001.done.json").unlink()
     (out / "gen-001.tar").rename(out / ".gen-001.tar.partial-4242")
-    summary = run_encode(gen_shards, out, "tiny", None, overrides, batch_size=4)
+    summary = run_encode(gen_shards, out, ModelSource("tiny", None, overrides), batch_size=4)
     assert summary.written == 1 and summary.count == 6
     assert not list(out.glob(".*partial*"))
     for name, (mtime, data) in tars.items():
@@ -195,7 +196,13 @@ def test_ranks_split_shards_and_rerun_encodes_only_the_unfinished(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["count"] == 6
     with pytest.raises(UserInputError, match="other settings"):
-        run_encode(gen_shards, out, "tiny", None, overrides, siglip_dtype="float16")
+        run_encode(gen_shards, out, ModelSource("tiny", None, overrides), siglip_dtype="float16")
+    # the same model named by a run's saved config (model.init_args): the same folder, nothing redone
+    saved = tmp_path / "config.yaml"
+    model_args = {"preset": "tiny", "config": asdict(resolve_config("tiny", None, overrides))}
+    saved.write_text(yaml.safe_dump({"model": {"init_args": model_args}}))
+    shards_main(["encode", *gen_shards, "--out", str(out), "--model-config", str(saved)])
+    assert "(0 written by this run)" in capsys.readouterr().out
 
 
 def test_refuses_random_encoders_and_reads_a_checkpoint(gen_shards, model_overrides, tmp_path, capsys):

@@ -23,18 +23,18 @@ import webdataset as wds
 from tqdm import tqdm
 
 from jf_lightning.data.sources import decode, expand_urls, iter_members
-from jf_lightning.data.writing.targets import GenTargetEncoder
+from jf_lightning.data.writing.targets import GenTargetEncoder, ModelSource
 from jf_lightning.data.writing.writer import (
     ShardResult,
     Skip,
     Summary,
     claim,
+    json_normal,
     note_skip,
     read_marker,
     write_json_atomic,
 )
 from jf_lightning.inputs import UserInputError
-from jf_lightning.models.config import resolve_config
 
 PRE_ENCODED = ("latent.npy", "siglip.npy")
 
@@ -92,7 +92,12 @@ class ShardEncoder:
                 try:
                     batch.append((members, decode(members, "gen")))
                 except Exception as err:  # noqa: BLE001 (a refusal by the reader: the sample could never train)
-                    note_skip(result, Skip(f"refused by the reader ({getattr(err, 'reason', type(err).__name__)})", str(err)))
+                    note_skip(
+                        result,
+                        Skip(
+                            f"refused by the reader ({getattr(err, 'reason', type(err).__name__)})", str(err)
+                        ),
+                    )
                 if len(batch) == self.batch_size:
                     keys += self._write(sink, batch)
                     batch = []
@@ -159,52 +164,44 @@ def _claim_as_rank(out: Path, params: dict, rank: int, timeout_s: float = 600.0)
         claim(out, params, "gen")
         return
     deadline = time.monotonic() + timeout_s
-    while (read_marker(out / "manifest.json") or {}).get("params") != params:
+    while (found := read_marker(out / "manifest.json")) is None:
         if time.monotonic() > deadline:
             raise UserInputError(f"rank {rank}: rank 0 has not claimed {out} in {timeout_s:.0f} s")
         time.sleep(0.5)
+    if found.get("params") != params:
+        raise UserInputError(f"{out} holds shards written with other settings: give a new folder")
 
 
 def run_encode(
     inputs: list[str],
     out: str | Path,
-    preset: str = "tiny",
-    ablation: str | None = None,
-    overrides: dict | None = None,
+    model: ModelSource,
     batch_size: int = 32,
     device: str | None = None,
     siglip_dtype: str = "float32",
     keep_images: bool = True,
-    checkpoint: str | None = None,
 ) -> Summary:
-    """Pre-encode the gen shards ``inputs`` into ``out`` for the model of (preset, ablation, overrides),
-    or of a fit ``checkpoint`` (its configuration and its VAE and SigLIP weights; overrides apply)."""
+    """Pre-encode the gen shards ``inputs`` into ``out`` for ``model``."""
     out = Path(out)
     try:
         urls = expand_urls(list(inputs))
-        cfg = None if checkpoint else resolve_config(preset, ablation, overrides)
     except (FileNotFoundError, ValueError) as err:
         raise UserInputError(str(err)) from None
     names = Counter(os.path.basename(u) for u in urls)
     if any(n > 1 for n in names.values()):
-        raise UserInputError(
-            f"input shards share file names {[n for n, c in names.items() if c > 1]}: encode each folder on its own"
-        )
+        twice = [n for n, c in names.items() if c > 1]
+        raise UserInputError(f"input shards share file names {twice}: encode each folder into its own")
     if batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
-    model = (
-        {"checkpoint": os.path.abspath(checkpoint)}
-        if checkpoint
-        else {"preset": preset, "ablation": ablation}
-    )
-    params = {
-        "tool": "encode",
-        "inputs": [os.path.abspath(u) for u in urls],
-        **model,
-        "overrides": overrides or {},
-        "siglip_dtype": siglip_dtype,
-        "keep_images": keep_images,
-    }
+    params = json_normal(
+        {
+            "tool": "encode",
+            "inputs": [os.path.abspath(u) for u in urls],
+            **model.params(),
+            "siglip_dtype": siglip_dtype,
+            "keep_images": keep_images,
+        }
+    )  # as a marker reads back: tuples as lists
     rank, world = rank_and_world()
     _claim_as_rank(out, params, rank)
     mine = [
@@ -214,11 +211,7 @@ def run_encode(
     ]
     written = 0
     if mine:
-        where = torch.device(device) if device else default_device()
-        if checkpoint:
-            encoder = GenTargetEncoder.from_checkpoint(checkpoint, overrides, where)
-        else:
-            encoder = GenTargetEncoder(cfg, where)
+        encoder = model.encoder(torch.device(device) if device else default_device())
         write = ShardEncoder(encoder, out, params, batch_size, siglip_dtype, keep_images)
         samples = 0
         with tqdm(total=len(mine), unit="shard", desc=f"encode rank {rank}/{world}", position=rank) as bar:

@@ -12,15 +12,26 @@ a single crop and lose nothing).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
+import yaml
 from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 
 from jf_lightning.data.transforms import unit_range
 from jf_lightning.inputs import UserInputError
-from jf_lightning.models.config import JanusFlowConfig, apply_overrides, config_from_hparams
+from jf_lightning.models.config import (
+    JanusFlowConfig,
+    apply_overrides,
+    config_for,
+    config_from_hparams,
+    resolve_config,
+)
 from jf_lightning.models.und_encoder import build_siglip
 from jf_lightning.models.vae import build_vae
 
@@ -119,3 +130,47 @@ class GenTargetEncoder:
         latent = (self.cfg.vae.latent_channels, self.cfg.latent_size, self.cfg.latent_size)
         target = (self.cfg.siglip.num_tokens, self.cfg.siglip.width) if self.siglip is not None else None
         return latent, target
+
+
+@dataclass
+class ModelSource:
+    """Which model the targets are for, in one of three ways: a fit ``checkpoint`` (its configuration
+    and its VAE and SigLIP weights); a ``config_file`` holding the stage's ``model.init_args`` (the
+    ``config.yaml`` a run saves, or ``jf fit -c recipe.yaml --print_config``); or ``preset`` and
+    ``ablation``. ``overrides`` (dotted keys) apply on top of any of them."""
+
+    preset: str = "tiny"
+    ablation: str | None = None
+    overrides: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    config_file: str | None = None
+
+    def config(self) -> JanusFlowConfig:
+        if self.config_file is None:
+            return resolve_config(self.preset, self.ablation, self.overrides)
+        try:
+            data = yaml.safe_load(Path(self.config_file).read_text())
+            args = data["model"]["init_args"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+            raise UserInputError(
+                f"--model-config {self.config_file}: no model.init_args in it ({err})"
+            ) from None
+        cfg = config_for(args.get("preset", "tiny"), args.get("ablation"), args.get("config"))
+        cfg = apply_overrides(cfg, self.overrides)
+        cfg.validate()
+        return cfg
+
+    def params(self) -> dict:
+        """What decides the targets: the checkpoint, or the resolved configuration (two ways of naming
+        the same model write the same folder)."""
+        if self.checkpoint:
+            return {"checkpoint": str(Path(self.checkpoint).resolve()), "overrides": self.overrides}
+        try:
+            return {"config": dataclasses.asdict(self.config())}
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
+
+    def encoder(self, device: torch.device) -> GenTargetEncoder:
+        if self.checkpoint:
+            return GenTargetEncoder.from_checkpoint(self.checkpoint, self.overrides, device)
+        return GenTargetEncoder(self.config(), device)

@@ -110,7 +110,9 @@ def check_record(record: Record, kind: Kind, where: str) -> Skip | None:
     try:
         decode(sample, kind)
     except Exception as err:  # noqa: BLE001 (any refusal by the reader: not trainable)
-        return Skip(f"refused by the reader ({getattr(err, 'reason', type(err).__name__)})", f"{where}: {err}")
+        return Skip(
+            f"refused by the reader ({getattr(err, 'reason', type(err).__name__)})", f"{where}: {err}"
+        )
     return None
 
 
@@ -204,7 +206,7 @@ class Summary:
         return out
 
 
-def _normal(params: dict[str, Any]) -> dict[str, Any]:
+def json_normal(params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params))  # tuples -> lists, as a marker reads back
 
 
@@ -251,7 +253,7 @@ def summarise(out: Path, prefix: str, kind: Kind, num_shards: int, written: int)
 def write_shards(job: ShardJob, out: str | Path, processes: int = 1, prefix: str = "shard") -> Summary:
     """Write ``job``'s shards into ``out`` (``<prefix>-000000.tar`` ...) with ``processes`` worker
     processes, one shard per task; finished shards (done-marker present) are kept as they are."""
-    out, params = Path(out), _normal(job.params())
+    out, params = Path(out), json_normal(job.params())
     claim(out, params, job.kind)
     plan = job.plan()
     if not plan:
