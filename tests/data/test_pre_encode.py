@@ -209,6 +209,7 @@ def test_refuses_random_encoders_and_reads_a_checkpoint(gen_shards, model_overri
     with pytest.raises(SystemExit):
         shards_main(["encode", gen_shards[0], "--out", str(tmp_path / "x"), "--preset", "tiny"])
     assert "siglip.source is unset" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any folder is made
     # a fit checkpoint: the configuration in hyper_parameters, the encoders' live weights in the state
     cfg = resolve_config("tiny", None, model_overrides)
     stage = built(PretrainingStage, config=cfg)

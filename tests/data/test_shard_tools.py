@@ -161,6 +161,9 @@ def test_foreign_or_other_settings_folder_is_refused(image_folder, tmp_path):
     with pytest.raises(UserInputError, match="not empty"):
         write_shards(ImageFolderJob(str(image_folder), "gen"), foreign)
     assert (foreign / "notes.txt").read_text() == "mine"
+    with pytest.raises(UserInputError, match="matches no file"):
+        write_shards(TextJob([str(tmp_path / "nothing-here.txt")]), tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # inputs are planned before the folder is made
 
 
 def test_llava_conversations(tmp_path):

@@ -164,11 +164,15 @@ class ModelSource:
         """What decides the targets: the checkpoint, or the resolved configuration (two ways of naming
         the same model write the same folder)."""
         if self.checkpoint:
+            if not Path(self.checkpoint).is_file():
+                raise UserInputError(f"--checkpoint {self.checkpoint}: no such file")
             return {"checkpoint": str(Path(self.checkpoint).resolve()), "overrides": self.overrides}
         try:
-            return {"config": dataclasses.asdict(self.config())}
+            cfg = self.config()
         except ValueError as err:
             raise UserInputError(str(err)) from None
+        check_loadable(cfg)  # here, before any folder is made for the targets
+        return {"config": dataclasses.asdict(cfg)}
 
     def encoder(self, device: torch.device) -> GenTargetEncoder:
         if self.checkpoint:

@@ -254,10 +254,10 @@ def write_shards(job: ShardJob, out: str | Path, processes: int = 1, prefix: str
     """Write ``job``'s shards into ``out`` (``<prefix>-000000.tar`` ...) with ``processes`` worker
     processes, one shard per task; finished shards (done-marker present) are kept as they are."""
     out, params = Path(out), json_normal(job.params())
-    claim(out, params, job.kind)
-    plan = job.plan()
+    plan = job.plan()  # before the folder is claimed: a mistake in the inputs leaves no folder behind
     if not plan:
         raise UserInputError(f"found no input samples for {out} (params: {params})")
+    claim(out, params, job.kind)
     todo = [
         (job, out, prefix, i, items)
         for i, items in enumerate(plan)
