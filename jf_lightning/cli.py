@@ -18,7 +18,9 @@ checkpoint are and where the time went.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
+import json
 import os
 import sys
 import time
@@ -41,10 +43,11 @@ from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.evaluation import run_dir
 from jf_lightning.callbacks.phase_timer import PhaseTimer
 from jf_lightning.callbacks.progress import relabel_default_progress_bar
+from jf_lightning.callbacks.tracking import check_tracking_server
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.inputs import PreparedInput, UserInputError, check_ready
-from jf_lightning.models.config import resolve_config
-from jf_lightning.recipes import config_files, describe_parse_error, expand_bases, user_error_in
+from jf_lightning.models.config import JanusFlowConfig, apply_overrides, config_keys, resolve_config
+from jf_lightning.recipes import config_files, describe_parse_error, expand_bases, user_error_in, with_suggestion
 from jf_lightning.stages import gradient_balance
 from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits
 
@@ -54,13 +57,42 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ROOT_DIR = "mlruns"  # checkpoints land in mlruns/<experiment>/<run>/, beside MLflow's artifacts/
 
 
-def _model_sizes(preset: str, ablation: str | None, overrides: dict | None) -> dict[str, int]:
-    cfg = resolve_config(preset, ablation, overrides)
+def _model_sizes(config: Any) -> dict[str, int]:
+    """Image size and token counts of a model config (a dataclass, or its parsed dict / Namespace);
+    not validated here: the stage validates the config it is built with."""
+    if not isinstance(config, JanusFlowConfig):
+        tree = config.as_dict() if hasattr(config, "as_dict") else dict(config or {})
+        tree = tree.get("init_args", tree)  # a dataclass parsed as a class spec
+        config = apply_overrides(JanusFlowConfig(), _leaves(tree))
     return {
-        "image_size": cfg.image_size,
-        "num_und_tokens": cfg.num_und_tokens,
-        "num_gen_tokens": cfg.num_gen_tokens,
+        "image_size": config.image_size,
+        "num_und_tokens": config.num_und_tokens,
+        "num_gen_tokens": config.num_gen_tokens,
     }
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+CONFIG_KEY = "model.init_args.config"
+
+
+def check_config_flags(args: list[str]) -> None:
+    """Refuse a ``--model.init_args.config.<key>`` flag naming no field (jsonargparse drops it silently)."""
+    valid = set(config_keys())
+    for arg in args:
+        if arg.startswith(f"--{CONFIG_KEY}."):
+            name = arg[len(CONFIG_KEY) + 3 :].split("=", 1)[0]
+            if name not in valid:
+                key = f"{CONFIG_KEY}.{name}"
+                raise UserInputError(with_suggestion(f"unknown key {key!r}", key, [f"{CONFIG_KEY}.{k}" for k in valid]))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -103,7 +135,7 @@ class JanusFlowCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {
             "default_root_dir": DEFAULT_ROOT_DIR,
             "gradient_clip_val": 1.0,  # every stage of the paper
-            "logger": {"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {
+            "logger": {"class_path": "jf_lightning.callbacks.tracking.BackgroundMLFlowLogger", "init_args": {
                 "experiment_name": AUTO, "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)}},
             "callbacks": [LearningRateMonitor(logging_interval="step"), PhaseTimer()],  # always added
         })  # fmt: skip
@@ -135,10 +167,9 @@ class JanusFlowCLI(LightningCLI):
             "in order: `python -m jf_lightning prepare -c <config>` makes them; fit and validate refuse to "
             "start while one is missing.",
         )  # fmt: skip
-        model_keys = tuple(f"model.init_args.{k}" for k in ("preset", "ablation", "overrides"))
         for key in ("image_size", "num_und_tokens", "num_gen_tokens"):
             parser.link_arguments(
-                model_keys, f"data.{key}", compute_fn=lambda p, a, o, key=key: _model_sizes(p, a, o)[key]
+                "model.init_args.config", f"data.{key}", compute_fn=lambda c, key=key: _model_sizes(c)[key]
             )
 
     def parse_arguments(self, parser, args) -> None:
@@ -147,13 +178,42 @@ class JanusFlowCLI(LightningCLI):
             self.recipe_files = config_files(args)  # as the user gave them, before their bases
             args = expand_bases(args)
         try:
+            args = self.with_preset_config(parser, args)
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
             known = [key for p in self.key_parsers for key in p.get_defaults().keys()]  # noqa: SIM118 (a Namespace)
             known += [f"model.init_args.{name}" for name in inspect.signature(JanusFlowStage.__init__).parameters]
+            known += [f"{CONFIG_KEY}.{name}" for name in config_keys()]
             raise UserInputError(describe_parse_error(err, known)) from None
         subcommand = self.config.get("subcommand")
         self.configured_model_args = _model_init_args(self.config[subcommand]) if subcommand else {}
+
+    def with_preset_config(self, parser, args: Any) -> Any:
+        """``args`` with the model config's defaults taken from the configured preset and ablation.
+
+        jsonargparse knows one default per field (the release's, in ``JanusFlowConfig``), so a first
+        parse reads which stage, preset and ablation the config files and flags ask for, and the second
+        starts from that preset's config (given as ``--model`` before the user's arguments, which merge
+        into it): ``--print_config`` shows the config the run builds, and every key a file or flag sets
+        wins over the preset."""
+        if not isinstance(args, list):
+            return args
+        commands = parser._subcommands_action.choices if parser._subcommands_action else None
+        at = next((i for i, a in enumerate(args) if a in commands), None) if commands else -1
+        if at is None:  # no subcommand given: the parser says so
+            return args
+        check_config_flags(args)
+        first = [a for a in args if a not in ("-h", "--help") and not a.startswith("--print_config")]
+        parsed = parser.parse_args(first, _skip_validation=True)  # as --print_config: partial recipes too
+        model = (parsed[args[at]] if at >= 0 else parsed).model
+        init_args = model.get("init_args")
+        preset, ablation = init_args.get("preset", "tiny"), init_args.get("ablation")
+        try:
+            config = dataclasses.asdict(resolve_config(preset, ablation))
+        except ValueError as err:
+            raise UserInputError(f"model.init_args: {err}") from None
+        spec = json.dumps({"class_path": model.class_path, "init_args": {"config": config}})
+        return [*args[: at + 1], f"--model={spec}", *args[at + 1 :]]
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -172,6 +232,7 @@ class JanusFlowCLI(LightningCLI):
             return
         if logger.class_path.endswith("MLFlowLogger"):
             args = logger.init_args
+            check_tracking_server(args.tracking_uri)  # one line within seconds, not minutes of retries
             if args.experiment_name == AUTO:
                 args.experiment_name = self.recipe
             stage = config.model.class_path.rsplit(".", 1)[-1]

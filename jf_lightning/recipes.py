@@ -81,6 +81,10 @@ def describe_parse_error(err: argparse.ArgumentError, known: list[str]) -> str:
     text = str(err)
     if "failed: " in text:  # a link's compute_fn (the model config) refused the value
         return text.split("failed: ", 1)[1].splitlines()[0]
+    nested = _nested_error(text)
+    if nested is not None:
+        key, problem = nested
+        return with_suggestion(f"unknown key {key!r}", key, known) if problem is None else f"{key}: {problem}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     unknown = re.search(r"unrecognized arguments: --?([\w.]+)|does not accept option '([\w.]+)'", text)
     option = re.search(r"Option '(\w+)' is not accepted", text)
@@ -96,6 +100,31 @@ def describe_parse_error(err: argparse.ArgumentError, known: list[str]) -> str:
         (line for line in lines[1:] if not line.startswith(("Subtypes", "Errors", "Given value"))), ""
     )
     return f"{key.group(1)}: {detail}" if key else " ".join(lines[:2])
+
+
+_NOISE = ("Does not validate", "Subtypes", "Errors", "Given value", "- Expected a <class 'NoneType'>")
+
+
+def _nested_error(text: str) -> tuple[str, str | None] | None:
+    """The deepest problem of a nested class spec (``model`` -> its ``init_args`` -> the typed model
+    ``config``), as (full key, problem); problem None for an unknown key. None when not nested."""
+    keys: list[str] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line or line.startswith(_NOISE):
+            continue
+        if found := re.match(r'Parser key "([\w.]+)":', line):
+            keys.append(found.group(1))
+        elif line.startswith("- Problem with given class_path"):
+            # A stage's arguments sit under init_args; the model config's fields (a dataclass) do not.
+            if not line.rstrip("':").endswith("JanusFlowConfig"):
+                keys.append("init_args")
+        elif found := re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", line):
+            return ".".join([*keys, found.group(1), found.group(2)]), None
+        elif found := re.match(r"Option '(\w+)' is not accepted", line):
+            return ".".join([*keys, found.group(1)]), None
+        elif len(keys) > 1:
+            return ".".join(k for k in keys if k), line.removeprefix("- ")
+    return None
 
 
 def with_suggestion(message: str, name: str, candidates: list[str]) -> str:

@@ -3,6 +3,7 @@ the MLflow experiment is named after the config file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from jf_lightning.cli import JanusFlowCLI, main, run_summary
-from jf_lightning.models.config import resolve_config
+from jf_lightning.models.config import apply_overrides, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -64,12 +65,20 @@ def test_model_sizes_are_linked_into_the_data_module():
     # run=False: no subcommand, the classes are instantiated and nothing runs
     cli = JanusFlowCLI(args=["-c", str(TINY)], run=False)
     assert data_sizes(cli) == model_sizes(resolve_config("tiny"))
-    overrides = {"image_size": 64, "siglip.image_size": 64}
-    cli = JanusFlowCLI(
-        args=["-c", str(TINY), f"--model.init_args.overrides={json.dumps(overrides)}"], run=False
-    )
-    cfg = resolve_config("tiny", None, overrides)
+    flags = ["--model.init_args.config.image_size=64", "--model.init_args.config.siglip.image_size=64"]
+    cli = JanusFlowCLI(args=["-c", str(TINY), *flags], run=False)
+    cfg = resolve_config("tiny", None, {"image_size": 64, "siglip.image_size": 64})
     assert data_sizes(cli) == model_sizes(cfg) and cfg.image_size == 64
+    # the preset's config with the two keys set (and tiny.yaml's own)
+    assert cli.model.model_config == apply_overrides(cfg, {"siglip.source": "data/shapes-siglip"})
+
+
+def test_print_config_shows_every_model_field_with_the_presets_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(TINY), "--model.init_args.config.llm.num_layers=3", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["config"]
+    expected = dataclasses.asdict(resolve_config("tiny", None, {"llm.num_layers": 3, "siglip.source": "data/shapes-siglip"}))
+    assert json.loads(json.dumps(config)) == json.loads(json.dumps(expected))
 
 
 def test_experiment_named_after_the_config_file_and_summary_line():
@@ -82,12 +91,23 @@ def test_experiment_named_after_the_config_file_and_summary_line():
     assert "mlflow ui --backend-store-uri sqlite:////" in line and "checkpoint:" in line and "\n" not in line
 
 
-def test_unknown_model_override_is_one_line_with_the_nearest_key():
+@pytest.mark.parametrize("args", [
+    ["--model.init_args.config.llm.sorce=x"],
+    ['--model.init_args.config={"llm": {"sorce": "x"}}'],
+])  # fmt: skip
+def test_unknown_model_config_key_is_one_line_with_the_nearest_key(args):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "-c", str(TINY), '--model.init_args.overrides={"llm.sorce": "x"}'])
-    assert str(exit_info.value).startswith(
-        "jf_lightning: error: unknown model override 'llm.sorce': did you mean 'llm.source'? valid keys are"
+        main(["fit", "-c", str(TINY), *args])
+    assert str(exit_info.value) == (
+        "jf_lightning: error: unknown key 'model.init_args.config.llm.sorce'; "
+        "did you mean 'model.init_args.config.llm.source'?"
     )
+
+
+def test_a_wrong_type_in_the_model_config_names_the_key():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(TINY), "--model.init_args.config.llm.num_layers=abc"])
+    assert str(exit_info.value).startswith("jf_lightning: error: model.init_args.config.llm.num_layers: Expected a")
 
 
 def test_runs_without_a_logger_drop_the_learning_rate_monitor():

@@ -373,3 +373,10 @@ def config_for(preset_name: str, ablation: str | None, config: JanusFlowConfig |
         return config_from_dict(config)
     config.validate()
     return config
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of the model config: its groups (``llm``) and their fields (``llm.num_layers``)."""
+    leaves = _leaf_keys(JanusFlowConfig())
+    groups = {key.rsplit(".", 1)[0] for key in leaves if "." in key}
+    return sorted(groups) + leaves

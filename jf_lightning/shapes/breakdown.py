@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from jf_lightning.metrics.geneval import Detector, GenEvalOptions, evaluate_image
+from jf_lightning.models.config import apply_overrides, config_from_hparams
 from jf_lightning.shapes.geneval_specs import all_geneval_specs
 from jf_lightning.stages import AdaptationStage, PretrainingStage, SFTStage
 
@@ -132,7 +133,8 @@ def load_checkpoint_stage(ckpt_path: str | Path, overrides: dict[str, Any] | Non
         )
     stage_class = stages[class_path]
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    kwargs["overrides"] = {**(kwargs.get("overrides") or {}), **(overrides or {})}
+    kwargs.pop("overrides", None)  # checkpoints of stages that took an overrides dict
+    kwargs["config"] = apply_overrides(config_from_hparams(hparams), overrides)
     kwargs["init_from"] = None  # the checkpoint's own weights are loaded below
     stage = stage_class(**kwargs)
     stage.configure_model()

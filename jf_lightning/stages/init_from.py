@@ -10,6 +10,7 @@ is one :class:`UserInputError` naming the source, the counts and the first names
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from jf_lightning.inputs import UserInputError
+from jf_lightning.models.config import config_from_hparams
 from jf_lightning.models.weights import _OURS_ONLY_PREFIXES, from_release
 
 InitWeights = Literal["ema", "raw"]
@@ -40,7 +42,7 @@ def load_initial_weights(
     or one ``*.safetensors`` file in the released layout), an existing directory in the released
     layout, or a hub id (``owner/name``) downloaded in that layout. ``weights`` picks a fit
     checkpoint's EMA (its ``state_dict``) or raw weights (``current_model_state``). ``expected``
-    holds this stage's ``preset``, ``ablation`` and ``overrides``: a checkpoint that recorded other
+    holds this stage's ``preset``, ``ablation`` and ``config``: a checkpoint that recorded other
     ones is named as the likely cause when its tensors do not fit."""
     if weights not in ("ema", "raw"):
         raise UserInputError(f"model.init_args.init_weights is {weights!r}: use ema or raw")
@@ -155,16 +157,33 @@ def _pick_weights(checkpoint: dict, source: str, weights: str) -> tuple[dict, st
 
 def _checkpoint_cause(checkpoint: dict, expected: dict) -> str:
     recorded = checkpoint.get("hyper_parameters") or {}
-    normal = {"ablation": lambda v: v or "F", "overrides": lambda v: dict(v or {})}
-    differ = []
-    for key in ("preset", "ablation", "overrides"):
-        if key in recorded and key in expected:
-            norm = normal.get(key, lambda v: v)
-            if norm(recorded[key]) != norm(expected[key]):
-                differ.append(f"{key} {recorded[key]!r} (this stage: {expected[key]!r})")
+    differ = [
+        f"{key} {recorded[key]!r} (this stage: {expected[key]!r})"
+        for key in ("preset", "ablation")
+        if key in recorded and key in expected and (recorded[key] or "F") != (expected[key] or "F")
+    ]
+    try:
+        theirs = _leaves(dataclasses.asdict(config_from_hparams(recorded)))
+    except ValueError:  # a config this version cannot read: the tensor names above must do
+        theirs = {}
+    if theirs and isinstance(expected.get("config"), dict):
+        ours = _leaves(expected["config"])
+        keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        differ += [f"config.{k} {theirs.get(k)!r} (this stage: {ours.get(k)!r})" for k in keys[:_SHOWN]]
     if differ:
         return "the checkpoint was trained with " + ", ".join(differ)
-    return "the checkpoint is likely of another preset, ablation or overrides than this stage"
+    return "the checkpoint is likely of another preset, ablation or model config than this stage"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"llm": {"num_layers": 4}}`` -> ``{"llm.num_layers": 4}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _load_checked(

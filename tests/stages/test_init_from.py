@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.inputs import UserInputError
+from jf_lightning.models.config import resolve_config
 from jf_lightning.models.weights import export_safetensors
 from jf_lightning.stages import AdaptationStage, PretrainingStage
 from jf_lightning.stages import init_from as init_from_module
@@ -122,14 +123,14 @@ def test_checkpoint_of_another_ablation_is_one_error_with_counts(tmp_path):
 
 
 def test_checkpoint_of_other_shapes_or_another_preset_names_them(tmp_path):
-    narrow = built(PretrainingStage, overrides={"llm.intermediate_size": 256})
+    narrow = built(PretrainingStage, config=resolve_config("tiny", None, {"llm.intermediate_size": 256}))
     ckpt = _checkpoint_like_fit(narrow, tmp_path / "narrow.ckpt")
     message = _error(init_from=ckpt)
     assert "12 of another shape" in message  # gate, up and down projections of 4 blocks
-    assert "(256, 128) vs (384, 128)" in message and "overrides {'llm.intermediate_size': 256}" in message
+    assert "(256, 128) vs (384, 128)" in message and "config.llm.intermediate_size 256 (this stage: 384)" in message
     # the same tensors recorded under another preset: the preset is named as the cause
     saved = torch.load(ckpt, weights_only=True)
-    saved["hyper_parameters"].update(preset="ablation-256", overrides=None)
+    saved["hyper_parameters"].update(preset="ablation-256", config=None)
     torch.save(saved, tmp_path / "preset.ckpt")
     message = _error(init_from=str(tmp_path / "preset.ckpt"))
     assert "preset 'ablation-256' (this stage: 'tiny')" in message
