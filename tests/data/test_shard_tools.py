@@ -20,7 +20,7 @@ from jf_lightning.data.writing.hf_dataset import HFDatasetJob
 from jf_lightning.data.writing.image_folder import ImageFolderJob
 from jf_lightning.data.writing.llava import LlavaJob
 from jf_lightning.data.writing.text import TextJob
-from jf_lightning.data.writing.writer import write_shards
+from jf_lightning.data.writing.writer import digest, verify_shard, write_shards
 from jf_lightning.inputs import UserInputError
 
 
@@ -67,7 +67,11 @@ def image_folder(tmp_path) -> Path:
         mode = "CMYK" if fmt == "TIFF" else "RGB"
         (root / name).write_bytes(image_bytes((40 * i, 0, 0), fmt=fmt, mode=mode))
         (root / name).with_suffix(".txt").write_text(f"caption of {name}")
-    (root / "truncated.png").write_bytes(image_bytes((1, 2, 3))[:40])
+    (root / "junk.jpg").write_bytes(b"not an image at all")
+    (root / "junk.txt").write_text("caption")
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise, "PNG")
+    (root / "truncated.png").write_bytes(noise.getvalue()[: len(noise.getvalue()) // 2])  # header intact
     (root / "truncated.txt").write_text("caption")
     (root / "latin1.png").write_bytes(image_bytes((9, 9, 9)))
     (root / "latin1.txt").write_bytes("café".encode("latin-1"))
@@ -91,7 +95,10 @@ def test_image_folder_side_car_gen(image_folder, tmp_path):
         assert raw.text == f"caption of {name}"
         assert members == [{"b.jpg": "jpg"}.get(name, "png"), "txt"]  # gif and tiff re-encoded as png
         assert pixels(raw.image).tolist() == pixels(Image.open(image_folder / name)).tolist()
+    refused = {k: n for k, n in summary.skipped.items() if k.startswith("refused by the reader")}
+    assert sum(refused.values()) == 1  # the truncated PNG: its header reads, its pixels do not
     assert summary.count == 6 and dict(summary.skipped) == {
+        **refused,
         "unreadable image": 1,
         "caption not UTF-8": 1,
         "empty caption": 1,
@@ -131,7 +138,7 @@ def test_rerun_after_interruption_writes_only_the_unfinished_shard(image_folder,
     job = ImageFolderJob(str(image_folder), "gen", samples_per_shard=2)
     write_shards(job, out)
     tars = sorted(out.glob("*.tar"))
-    assert len(tars) == 4  # 11 inputs in 6 shards of 2; two shards hold only bad inputs and are not written
+    assert len(tars) == 4  # 12 inputs in 6 shards of 2; two shards hold only bad inputs and are not written
     before = {t.name: (t.stat().st_mtime_ns, t.read_bytes()) for t in tars}
     # interrupted while writing shard 1: its tar not yet renamed (a partial temp file), no marker
     (out / "shard-000001.done.json").unlink()
@@ -287,3 +294,18 @@ def test_text_modes(tmp_path, capsys):
         assert f"skipped 1: {reason}" in printed
     got = read_out(tmp_path / "j", "text")
     assert {k: raw.text for k, (raw, _) in got.items()} == {f"{jsonl}:1": "a", f"{jsonl}:2": "b"}
+
+
+def test_read_back_check_catches_a_shard_that_differs(tmp_path):
+    corpus = tmp_path / "doc.txt"
+    corpus.write_text("one\ntwo\n")
+    out = tmp_path / "out"
+    write_shards(TextJob([str(corpus)], "line"), out)
+    shard = str(out / "shard-000000.tar")
+    members = list(iter_members(shard, "text"))
+    expected = [(m["__key__"], digest(m)) for m in members]
+    verify_shard(shard, "text", expected)  # what was written reads back
+    with pytest.raises(RuntimeError, match="keys or bytes differ"):
+        verify_shard(shard, "text", [expected[0], (expected[1][0], digest({"txt": b"three"}))])
+    with pytest.raises(RuntimeError, match="keys or bytes differ"):
+        verify_shard(shard, "text", expected[:1])

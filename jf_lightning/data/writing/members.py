@@ -15,22 +15,23 @@ _KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 def image_member(data: bytes, where: str) -> tuple[str, bytes]:
     """(suffix, bytes) of an image member: JPEG, PNG and WebP files as they are (no re-encoding
-    loss); any other format PIL reads (GIF, BMP, TIFF, ...) re-encoded as PNG, since the reader takes
-    only jpg/png/webp members."""
+    loss; only their header is read here, the writer's reader check decodes them whole); any other
+    format PIL reads (GIF, BMP, TIFF, ...) re-encoded as PNG, since the reader takes only
+    jpg/png/webp members."""
     if not data:
         raise BadInput("empty image file", where)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()  # truncated files fail here, not in training
+            image = Image.open(io.BytesIO(data))  # the header only: the reader's check decodes it whole
+            suffix = _KEPT_FORMATS.get(image.format or "")
+            if suffix is not None:
+                return suffix, data
+            image.load()
     except Image.UnidentifiedImageError:
         raise BadInput("unreadable image", f"{where} (not an image format PIL reads)") from None
     except Exception as err:  # noqa: BLE001 (PIL raises many types for a bad file)
         raise BadInput("unreadable image", f"{where} ({type(err).__name__}: {err})") from None
-    suffix = _KEPT_FORMATS.get(image.format or "")
-    if suffix is not None:
-        return suffix, data
     if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in image.mode else "RGB")  # modes PNG cannot hold (CMYK, YCbCr)
     buffer = io.BytesIO()

@@ -14,6 +14,7 @@ shards, and partial files of an interrupted run are removed.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import multiprocessing
 import os
@@ -116,14 +117,24 @@ def check_record(record: Record, kind: Kind, where: str) -> Skip | None:
     return None
 
 
-def verify_shard(path: str, kind: Kind, keys: list[str]) -> None:
-    """Read a written shard back through the reader: every key once, in order, and each decodes."""
-    read = []
-    for sample in iter_members(path, kind):
-        decode(sample, kind)
-        read.append(sample["__key__"])
-    if read != keys:
-        raise RuntimeError(f"{path}: read back {len(read)} samples, wrote {len(keys)} (keys differ)")
+def digest(members: dict[str, Any]) -> str:
+    """A hash of a sample's members (suffix and bytes), to compare what was read back with what was
+    checked."""
+    h = hashlib.sha1()
+    for suffix in sorted(k for k in members if not k.startswith("__")):
+        h.update(suffix.encode() + b"\0" + len(members[suffix]).to_bytes(8, "little") + members[suffix])
+    return h.hexdigest()
+
+
+def verify_shard(path: str, kind: Kind, expected: list[tuple[str, str]]) -> None:
+    """Read a written shard back through the reader's tar reading: every (key, member digest) once, in
+    order. The members were decoded by ``check_record`` before they were written, so equal bytes
+    read back are samples the reader decodes (a second decode would only repeat the first)."""
+    read = [(sample["__key__"], digest(sample)) for sample in iter_members(path, kind)]
+    if read != expected:
+        raise RuntimeError(
+            f"{path}: read back {len(read)} samples, wrote {len(expected)} (keys or bytes differ)"
+        )
 
 
 def note_skip(result: ShardResult, skip: Skip) -> None:
@@ -159,8 +170,9 @@ def run_task(job: ShardJob, out: Path, prefix: str, index: int, items: list[Any]
     with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:  # bytes as given; reproducible headers
         for record in _good_records(job, items, result):
             key = f"{index:06d}-{len(keys):06d}"  # dot-free: webdataset splits key and suffix at a dot
-            sink.write({"__key__": key, **{k: v for k, v in record.items() if not k.startswith("__")}})
-            keys.append(key)
+            members = {k: v for k, v in record.items() if not k.startswith("__")}
+            sink.write({"__key__": key, **members})
+            keys.append((key, digest(members)))
             sources.append(record["__source__"])
     if keys:
         verify_shard(str(tmp), job.kind, keys)
@@ -174,7 +186,7 @@ def run_task(job: ShardJob, out: Path, prefix: str, index: int, items: list[Any]
             "params": job.params(),
             "shard": name if keys else None,
             "count": len(keys),
-            "samples": [[k, s] for k, s in zip(keys, sources)],
+            "samples": [[k, s] for (k, _), s in zip(keys, sources)],
             "skipped": dict(result.skipped),
             "examples": result.examples,
         },
