@@ -43,6 +43,7 @@ from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.evaluation import run_dir
 from jf_lightning.callbacks.phase_timer import PhaseTimer
 from jf_lightning.callbacks.progress import relabel_default_progress_bar
+from jf_lightning.callbacks.throughput import Throughput
 from jf_lightning.callbacks.tracking import check_tracking_server
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.inputs import PreparedInput, UserInputError, check_ready
@@ -137,7 +138,7 @@ class JanusFlowCLI(LightningCLI):
             "gradient_clip_val": 1.0,  # every stage of the paper
             "logger": {"class_path": "jf_lightning.callbacks.tracking.BackgroundMLFlowLogger", "init_args": {
                 "experiment_name": AUTO, "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)}},
-            "callbacks": [LearningRateMonitor(logging_interval="step"), PhaseTimer()],  # always added
+            "callbacks": [LearningRateMonitor(logging_interval="step"), PhaseTimer(), Throughput()],  # always added
         })  # fmt: skip
         super().__init__(
             JanusFlowStage,

@@ -131,22 +131,26 @@ class FlopModel:
         attention: Literal["packed", "rows"] = "packed",
         tokens: Literal["real", "all"] = "real",
     ) -> dict[str, float]:
-        """FLOPs of one forward + backward on ``batch`` by part (``llm``, ``attention``, ``lm_head``,
-        ``und``, ``gen``, ``repa_target``) and ``total``. ``tokens="real"`` counts the LLM's linear
-        layers at the sample tokens only; ``"all"`` at every position, padding included (what runs)."""
-        seg = batch.segment_ids  # (R, L)
-        n_tokens = int((seg > 0).sum()) if tokens == "real" else seg.numel()
-        if attention == "packed":
-            lengths = torch.stack(
-                [torch.bincount(row, minlength=int(seg.max()) + 1)[1:] for row in seg.cpu()]
-            )
-            pairs = float(lengths.double().pow(2).sum())
-            if tokens == "all":  # the padding attends only to itself: one block per row
-                pairs += float((seg == 0).sum(dim=1).double().pow(2).sum())
+        """FLOPs of one forward + backward on ``batch``: ``flops(batch_counts(batch))``."""
+        return self.flops({k: float(v) for k, v in batch_counts(batch).items()}, attention, tokens)
+
+    def flops(
+        self,
+        counts: dict[str, float],
+        attention: Literal["packed", "rows"] = "packed",
+        tokens: Literal["real", "all"] = "real",
+    ) -> dict[str, float]:
+        """FLOPs by part (``llm``, ``attention``, ``lm_head``, ``und``, ``gen``, ``repa_target``) and
+        ``total``, of batches whose ``batch_counts`` add up to ``counts`` (every term is linear in them).
+        ``tokens="real"`` counts the LLM at the sample tokens only, ``"all"`` at every position, padding
+        included (what runs); ``attention`` as in the module docstring."""
+        c = counts
+        n_tokens = c["real_tokens"] if tokens == "real" else c["all_tokens"]
+        if attention == "packed":  # the padding attends only to itself: one block per row
+            pairs = c["sample_pairs"] + (c["padding_pairs"] if tokens == "all" else 0.0)
         else:
-            pairs = float(seg.shape[0] * seg.shape[1] ** 2)
-        n_labels = int((batch.labels != IGNORE_INDEX).sum())
-        n_und, n_gen = batch.num_und, batch.num_gen
+            pairs = c["row_pairs"]
+        n_und, n_gen = c["und_images"], c["gen_images"]
 
         def total(part: Part, positions: float, images: float) -> float:
             return 2.0 * (part.per_position * positions + part.per_image * images) * (1 + part.backward)
@@ -156,17 +160,41 @@ class FlopModel:
         out = {
             "llm": total(self.llm, n_tokens, 0),
             "attention": 4.0 * self.num_layers * self.d_llm * pairs * (1 + (2 if self.llm.backward else 0)),
-            "lm_head": total(self.lm_head, n_labels, 0),
+            "lm_head": total(self.lm_head, c["labels"], 0),
             "und": total(self.und, self.und_tokens * n_und, n_und) + und_attn * (1 + self.und.backward),
             "gen": total(self.gen_enc, self.gen_tokens * n_gen, n_gen)
             + total(self.gen_dec, self.gen_tokens * n_gen, n_gen),
             "repa_target": 0.0,
         }
-        if self.repa_target.per_position and batch.repa_targets is None:
+        if self.repa_target.per_position:
             layers, width, t = self.repa_attention
-            out["repa_target"] = total(self.repa_target, t * n_gen, 0) + 4.0 * layers * width * t**2 * n_gen
+            n = c["repa_images"]
+            out["repa_target"] = total(self.repa_target, t * n, 0) + 4.0 * layers * width * t**2 * n
         out["total"] = sum(out.values())
         return out
+
+
+def batch_counts(batch: PackedBatch) -> dict[str, torch.Tensor | int]:
+    """What the FLOPs and the throughput of a batch depend on, as tensors on the batch's device (summing
+    them over batches needs no host sync): samples, tokens (real, all positions), attention pairs (per
+    sample, of the padding, of whole rows), labelled tokens, and images of each kind."""
+    seg = batch.segment_ids  # (R, L), 0 = padding
+    rows, length = seg.shape
+    per_segment = torch.zeros(rows, length + 1, dtype=torch.long, device=seg.device)
+    per_segment.scatter_add_(1, seg, torch.ones_like(seg))  # (R, L + 1): tokens of each segment id
+    samples = per_segment[:, 1:]
+    return {
+        "samples": (samples > 0).sum(),
+        "real_tokens": samples.sum(),
+        "all_tokens": seg.numel(),
+        "sample_pairs": samples.pow(2).sum(),
+        "padding_pairs": per_segment[:, 0].pow(2).sum(),
+        "row_pairs": rows * length**2,
+        "labels": (batch.labels != IGNORE_INDEX).sum(),
+        "und_images": batch.num_und,
+        "gen_images": batch.num_gen,
+        "repa_images": batch.num_gen if batch.repa_targets is None else 0,
+    }
 
 
 def _vit(encoder: nn.Module) -> tuple[int, tuple[int, int, int]]:
