@@ -59,6 +59,12 @@ class ClipColorClassifier:
         self.background, self.batch_size = background, batch_size
         self._text: dict[str, torch.Tensor] = {}  # object name -> (colours, D) unit text embeddings
 
+    def to(self, device: str | torch.device) -> ClipColorClassifier:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._text = {name: emb.to(self.device) for name, emb in self._text.items()}
+        return self
+
     @torch.no_grad()
     def text_classifier(self, object_name: str) -> torch.Tensor:
         """(len(colors), D): per colour, the mean of its templates' unit embeddings, renormalised."""

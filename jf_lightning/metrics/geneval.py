@@ -94,10 +94,11 @@ class GenEvalMetadataFile(GenEvalPrompts):
     """Prompts from a GenEval ``evaluation_metadata.jsonl``: every line, or the first ``n_per_task`` of
     each task (in file order)."""
 
-    def __init__(self, path: str, n_per_task: int | None = None):
+    def __init__(self, path: str | None = None, n_per_task: int | None = None):
+        """``path``: null reads GenEval's 553 prompts shipped with the package."""
         if n_per_task is not None and n_per_task < 1:
             raise ValueError(f"n_per_task={n_per_task} must be >= 1 (or null for every prompt)")
-        self.path, self.n_per_task = path, n_per_task
+        self.path, self.n_per_task = path or GENEVAL_METADATA, n_per_task
 
     def specs(self) -> list[dict[str, Any]]:
         specs = load_geneval_metadata(self.path)

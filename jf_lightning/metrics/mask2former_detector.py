@@ -76,6 +76,14 @@ class Mask2FormerDetector(Detector):
         self.classes = geneval_names(self.model.config.id2label)
         self.colors = ClipColorClassifier(colors, device) if isinstance(colors, str) else colors
 
+    def to(self, device: str | torch.device) -> Mask2FormerDetector:
+        """Move the segmenter and the colour model (a training rank's GPU)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if self.colors is not None:
+            self.colors.to(self.device)
+        return self
+
     @torch.no_grad()
     def detect_batch(self, images: list[Image.Image | np.ndarray]) -> list[list[Detection]]:
         """Detections (with masks, colour unset) of each image, in its own pixel coordinates."""

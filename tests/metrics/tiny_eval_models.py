@@ -3,9 +3,14 @@ segmenter with COCO's 80 classes, a CLIP), written with ``save_pretrained`` for 
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from jf_lightning.metrics.mask2former_detector import GENEVAL_OBJECTS
 
@@ -64,3 +69,21 @@ def save_tiny_clip(path: Path) -> Path:
     CLIPModel(config).save_pretrained(path)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def write_llava_shard(path, records) -> str:
+    """A shard in the LLaVA layout (png + json conversation); records: (question, answer, extra json fields)."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w") as tar:
+        for i, (question, answer, extra) in enumerate(records):
+            png = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(png, "PNG")
+            meta = {
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+                **extra,
+            }
+            for suffix, data in (("png", png.getvalue()), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
