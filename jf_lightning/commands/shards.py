@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="storage of siglip.npy (float16 halves it; training reads float32)",
     )
     p.add_argument("--drop-images", action="store_true", help="leave the images out of the new shards")
+    p.add_argument("--decode-threads", type=int, default=4, help="threads decoding and resizing images (4)")
     return parser
 
 
@@ -159,8 +160,9 @@ def main(argv: list[str]) -> None:
             source = ModelSource(args.preset, args.ablation, overrides, args.checkpoint, args.model_config)
             keep = not args.drop_images
             summary = run_encode(
-                args.inputs, args.out, source, args.batch_size, args.device, args.siglip_dtype, keep
-            )
+                args.inputs, args.out, source, args.batch_size, args.device, args.siglip_dtype, keep,
+                args.decode_threads,
+            )  # fmt: skip
         else:
             summary = write_shards(_job(args), args.out, args.processes, args.prefix)
     except UserInputError as err:

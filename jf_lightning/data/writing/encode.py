@@ -14,6 +14,7 @@ import io
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,10 @@ class ShardEncoder:
         batch_size: int,
         siglip_dtype: str,
         keep_images: bool,
+        decode_threads: int = 4,
     ):
         self.encoder, self.out, self.params, self.batch_size = encoder, out, params, batch_size
+        self.pool = ThreadPoolExecutor(max(1, decode_threads))
         self.siglip_dtype, self.keep_images = np.dtype(siglip_dtype), keep_images
         self.latent_shape, self.target_shape = encoder.expected_shapes()
 
@@ -87,21 +90,11 @@ class ShardEncoder:
         result, keys, batch = ShardResult(index, written=True), [], []
         with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:  # bytes as given; reproducible headers
             for sample in iter_members(url, "gen"):
-                # decode without any pre-encoded members, so the image is decoded and checked too
-                members = {k: v for k, v in sample.items() if k not in PRE_ENCODED}
-                try:
-                    batch.append((members, decode(members, "gen")))
-                except Exception as err:  # noqa: BLE001 (a refusal by the reader: the sample could never train)
-                    note_skip(
-                        result,
-                        Skip(
-                            f"refused by the reader ({getattr(err, 'reason', type(err).__name__)})", str(err)
-                        ),
-                    )
+                batch.append(sample)
                 if len(batch) == self.batch_size:
-                    keys += self._write(sink, batch)
+                    keys += self._write(sink, self._prepared(batch, result))
                     batch = []
-            keys += self._write(sink, batch)
+            keys += self._write(sink, self._prepared(batch, result))
         if keys:
             self._verify(str(tmp), keys)
             os.replace(tmp, self.out / name)
@@ -122,10 +115,32 @@ class ShardEncoder:
         )
         return result
 
-    def _write(self, sink: wds.TarWriter, batch: list[tuple[dict, Any]]) -> list[str]:
+    def _prepare(self, sample: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor] | Skip:
+        # decoded without its pre-encoded members (if any), so the image is decoded and checked too
+        members = {k: v for k, v in sample.items() if k not in PRE_ENCODED}
+        try:
+            raw = decode(members, "gen")
+        except Exception as err:  # noqa: BLE001 (a refusal by the reader: the sample could never train)
+            return Skip(f"refused by the reader ({getattr(err, 'reason', type(err).__name__)})", str(err))
+        return members, self.encoder.pixels(raw.image)
+
+    def _prepared(self, batch: list[dict[str, Any]], result: ShardResult) -> list[tuple[dict, torch.Tensor]]:
+        """Decode and transform a batch on the thread pool (PIL releases the GIL while it decodes and
+        resizes, so the threads overlap); refusals are counted in ``result``."""
+        ready = []
+        for item in self.pool.map(self._prepare, batch):
+            if isinstance(item, Skip):
+                note_skip(result, item)
+            else:
+                ready.append(item)
+        return ready
+
+    def _write(self, sink: wds.TarWriter, batch: list[tuple[dict, torch.Tensor]]) -> list[str]:
         if not batch:
             return []
-        latents, targets = self.encoder.encode([raw.image for _, raw in batch])
+        latents, targets = self.encoder.encode(
+            torch.stack([pixels for _, pixels in batch])
+        )  # (N, 3, S, S) in
         for i, (members, _) in enumerate(batch):
             record = {k: v for k, v in members.items() if k != "__url__"}
             if not self.keep_images:
@@ -180,6 +195,7 @@ def run_encode(
     device: str | None = None,
     siglip_dtype: str = "float32",
     keep_images: bool = True,
+    decode_threads: int = 4,
 ) -> Summary:
     """Pre-encode the gen shards ``inputs`` into ``out`` for ``model``."""
     out = Path(out)
@@ -212,7 +228,7 @@ def run_encode(
     written = 0
     if mine:
         encoder = model.encoder(torch.device(device) if device else default_device())
-        write = ShardEncoder(encoder, out, params, batch_size, siglip_dtype, keep_images)
+        write = ShardEncoder(encoder, out, params, batch_size, siglip_dtype, keep_images, decode_threads)
         samples = 0
         with tqdm(total=len(mine), unit="shard", desc=f"encode rank {rank}/{world}", position=rank) as bar:
             for i, url in mine:
@@ -221,6 +237,7 @@ def run_encode(
                 samples += result.count
                 bar.set_postfix(samples=samples, refresh=False)
                 bar.update(1)
+        write.pool.shutdown()
     return _summary(out, urls, params, written)
 
 

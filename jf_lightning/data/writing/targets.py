@@ -115,12 +115,13 @@ class GenTargetEncoder:
                 ) from None
         return cls(cfg, device, vae, siglip)
 
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """(3, S, S) in [-1, 1]: the generation transform at the model's size, crop at the centre."""
+        return centre_crop_transform(image, self.cfg.image_size)
+
     @torch.no_grad()
-    def encode(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
-        """N images -> latents (N, C, h, w) and targets (N, T_gen, D) or None, float32."""
-        pixels = torch.stack(
-            [centre_crop_transform(im, self.cfg.image_size) for im in images]
-        )  # (N, 3, S, S)
+    def encode(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, 3, S, S) pixels -> latents (N, C, h, w) and targets (N, T_gen, D) or None, float32."""
         pixels = pixels.to(self.device)
         latents = self.vae.encode(pixels)  # (N, C, h, w), float32, scaled
         targets = self.siglip(pixels).float() if self.siglip is not None else None  # (N, T, D)
