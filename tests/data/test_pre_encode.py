@@ -205,6 +205,17 @@ def test_ranks_split_shards_and_rerun_encodes_only_the_unfinished(
     assert "(0 written by this run)" in capsys.readouterr().out
 
 
+def test_a_truncated_input_shard_keeps_its_samples_before_the_break(gen_shards, model_overrides, tmp_path):
+    data = Path(gen_shards[2]).read_bytes()
+    cut = tmp_path / "cut" / "gen-cut.tar"
+    cut.parent.mkdir()
+    cut.write_bytes(data[: data.index(b"prompt 5") + 3])  # inside the last sample's txt member
+    overrides = {k: v for k, v in model_overrides.items() if not k.startswith("vae.")}
+    summary = run_encode([str(cut)], tmp_path / "enc", ModelSource("tiny", None, overrides), batch_size=4)
+    assert [s.key for s in read(tmp_path / "enc" / "gen-cut.tar")] == ["s2-0"]
+    assert sum(summary.skipped.values()) == 1 and summary.count == 1
+
+
 def test_refuses_random_encoders_and_reads_a_checkpoint(gen_shards, model_overrides, tmp_path, capsys):
     with pytest.raises(SystemExit):
         shards_main(["encode", gen_shards[0], "--out", str(tmp_path / "x"), "--preset", "tiny"])

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,7 @@ class ShardEncoder:
         tmp = self.out / f".{name}.partial-{os.getpid()}"
         result, keys, batch = ShardResult(index, written=True), [], []
         with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:  # bytes as given; reproducible headers
-            for sample in iter_members(url, "gen"):
+            for sample in self._samples(url, result):
                 batch.append(sample)
                 if len(batch) == self.batch_size:
                     keys += self._write(sink, self._prepared(batch, result))
@@ -114,6 +116,19 @@ class ShardEncoder:
             },
         )
         return result
+
+    @staticmethod
+    def _samples(url: str, result: ShardResult) -> Iterator[dict[str, Any]]:
+        """The input shard's member groups; a shard that breaks off (truncated, not a tar) ends there,
+        its samples before the break kept and the break counted."""
+        try:
+            for sample in iter_members(url, "gen"):
+                if "__error__" in sample:  # a reader that reports a broken shard as a record
+                    note_skip(result, Skip(f"input shard {sample['__error__']}", url))
+                    return
+                yield sample
+        except (OSError, EOFError, tarfile.TarError, ValueError) as err:
+            note_skip(result, Skip("input shard unreadable or truncated", f"{url}: {err}"))
 
     def _prepare(self, sample: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor] | Skip:
         # decoded without its pre-encoded members (if any), so the image is decoded and checked too
