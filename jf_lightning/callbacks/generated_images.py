@@ -33,6 +33,9 @@ from jf_lightning.inference.images import make_grid
 class ImageScorer(ABC):
     """A metric fed generated images batch by batch on every rank and computed on every rank."""
 
+    def setup(self, trainer: pl.Trainer) -> None:
+        """Load models (on ``trainer.strategy.root_device``) and data; every rank calls it once per run."""
+
     @abstractmethod
     def reset(self) -> None:
         """Forget the images of an earlier run."""
@@ -86,6 +89,10 @@ class GeneratedImagesCallback(EvaluationCallback):
         self.steps, self.cfg_weight, self.seed = steps, cfg_weight, seed
         self.batch_size, self.template, self.temperature = batch_size, template, temperature
         self.grid_images = min(grid_images, len(self.prompts))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for scorer in self.scorers:
+            scorer.setup(trainer)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         share = rank_share(len(self.prompts), trainer.global_rank, trainer.world_size)
