@@ -36,10 +36,17 @@ def _chat(argv: list[str]) -> None:
     main(argv)
 
 
+def _eval(argv: list[str]) -> None:
+    from jf_lightning.commands.evaluate import main
+
+    main(argv)
+
+
 # name -> runner of ``python -m jf_lightning <name> <argv...>``; each imports its module only when run.
 COMMANDS = {
     "generate": _generate,
     "chat": _chat,
+    "eval": _eval,
     "compare": _compare,
     "upload-spool": _upload_spool,
     "shards": _shards,

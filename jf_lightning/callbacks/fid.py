@@ -34,9 +34,16 @@ class FIDScorer(ImageScorer):
         weights: str | None = None,
         mode: str = "clean",
         cache_dir: str | None = None,
+        dims: int = 2048,
     ):
         self.reference_path, self.categories, self.prefix = reference, list(categories), prefix.rstrip("/")
-        self.backend, self.weights, self.mode, self.cache_dir = backend, weights, mode, cache_dir
+        self.backend, self.weights, self.mode, self.cache_dir, self.dims = (
+            backend,
+            weights,
+            mode,
+            cache_dir,
+            dims,
+        )
         self.extractor: InceptionFeatures | None = None
         self.reference: dict = {}
         self.index: list[int] = []
@@ -45,7 +52,7 @@ class FIDScorer(ImageScorer):
     def setup(self, trainer: pl.Trainer) -> None:
         if self.extractor is None:
             self.extractor = feature_extractor(
-                self.backend, self.weights, self.mode, trainer.strategy.root_device
+                self.backend, self.weights, self.mode, trainer.strategy.root_device, self.dims
             )
         if not self.reference:
             # one process per machine reads the reference set; the others wait, then read its cache
@@ -89,6 +96,7 @@ class FIDCallback(GeneratedImagesCallback):
         weights: str | None = None,
         mode: str = "clean",
         cache_dir: str | None = None,
+        dims: int = 2048,
         clip_model: str | None = None,
         steps: int = 30,
         cfg_weight: float | None = 7.5,
@@ -111,6 +119,8 @@ class FIDCallback(GeneratedImagesCallback):
                 (clean-fid: ``/tmp/inception-2015-12-05.pt``; torch-fidelity: torch hub's checkpoints).
             mode: clean-fid's ``clean`` (the paper's) or ``legacy_tensorflow``.
             cache_dir: Where reference statistics are cached (default ``~/.cache/jf_lightning/fid``).
+            dims: Feature size: 2048 (FID); the torchmetrics backend also takes an earlier block's
+                64 / 192 / 768 (cheap, not comparable with published FIDs).
             clip_model: Also log ``val/clip_score`` on the same images with this CLIP (hub id or folder).
             steps: Euler steps of the sampler (the paper: 30).
             cfg_weight: Classifier-free guidance weight (the ablations: 7.5; the main table: 2).
@@ -124,7 +134,9 @@ class FIDCallback(GeneratedImagesCallback):
         entries = balanced_subset(read_prompts(prompts), num_images)
         texts = [e.text for e in entries]
         scorers: list[ImageScorer] = [
-            FIDScorer(reference, [e.category for e in entries], prefix, backend, weights, mode, cache_dir)
+            FIDScorer(
+                reference, [e.category for e in entries], prefix, backend, weights, mode, cache_dir, dims
+            )
         ]
         if clip_model is not None:
             scorers.append(CLIPScorer(texts, clip_model))
