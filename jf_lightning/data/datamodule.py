@@ -22,39 +22,19 @@ from dataclasses import replace
 from typing import Any
 
 import torch.distributed as dist
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader
 
 from jf_lightning.batch import PackedBatch
 from jf_lightning.data.mixing import RatioSchedule
-from jf_lightning.data.reader import DataStop, count_records, local_path, shard_is_empty
+from jf_lightning.data.packing import normalise_pixels
+from jf_lightning.data.reader import count_records, local_path, shard_is_empty
 from jf_lightning.data.sources import KINDS, MEMBERS, Kind, SourceConfig
-from jf_lightning.data.stream import PackedBatchStream
+from jf_lightning.data.stream import PackedBatchStream, StreamLoader
 from jf_lightning.data.templates import Templater, TemplateStyle
 from jf_lightning.inputs import UserInputError
 
 log = logging.getLogger(__name__)
-
-
-class _StreamLoader(DataLoader):
-    """Sets the dataset's start index each time iteration begins (a new epoch after
-    ``limit_train_batches`` continues the stream instead of replaying it), and turns a worker's
-    ``DataStop`` (too many bad samples in a row) into its one line."""
-
-    def __init__(self, dataset: PackedBatchStream, start_fn, **kwargs):
-        super().__init__(dataset, **kwargs)
-        self._start_fn = start_fn
-
-    def __iter__(self):
-        self._start_fn(self.dataset)  # sets start and origin; workers are forked after this and copy them
-        return _one_line_stops(super().__iter__())
-
-
-def _one_line_stops(batches):
-    try:
-        yield from batches
-    except DataStop as err:  # from a worker, the message holds its traceback: keep the last line
-        raise UserInputError(str(err).strip().splitlines()[-1].split("DataStop: ")[-1]) from None
 
 
 def _group(
@@ -255,9 +235,10 @@ class JanusFlowDataModule(LightningDataModule):
         return Templater(self.tokenizer, self.num_und_tokens, self.num_gen_tokens, self.template)
 
     def _loader(self, dataset: PackedBatchStream, **kwargs) -> DataLoader:
-        return (_StreamLoader if "start_fn" in kwargs else DataLoader)(
-            dataset, batch_size=None, num_workers=self.num_workers, **kwargs
-        )
+        # Under a Trainer, on_after_batch_transfer normalises the images on the device (a cast there is
+        # free; on the CPU it costs as much as decoding the JPEG). Anyone else gets floats as is.
+        on_device = isinstance(self.trainer, Trainer)
+        return StreamLoader(dataset, batch_size=None, num_workers=self.num_workers, normalise=not on_device, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         if self._train is None:
@@ -343,6 +324,9 @@ class JanusFlowDataModule(LightningDataModule):
                 self._restored = None
             self._last_index = batch.batch_index
         return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return normalise_pixels(batch) if isinstance(batch, PackedBatch) else batch  # uint8 -> [-1, 1]
 
     def _begin_iteration(self, dataset: PackedBatchStream) -> None:
         """Point the training stream at the next batch; on the first iteration after a restore, check

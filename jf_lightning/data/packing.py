@@ -8,10 +8,13 @@ special case in attention: segment 0 attends only to segment 0.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from jf_lightning.batch import IGNORE_INDEX, PackedBatch
 from jf_lightning.data.templates import ImageSlot, Sample
+from jf_lightning.data.transforms import unit_range
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -30,14 +33,26 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _stack_images(slots: list[ImageSlot], image_size: int | None) -> torch.Tensor:
+def _stack_images(slots: list[ImageSlot], image_size: int | None, normalise: bool = True) -> torch.Tensor:
     if not slots:
         size = image_size or 0
         return torch.zeros(0, 3, size, size)  # (0, 3, S, S): keeps the rank the model expects
-    return torch.stack([s.pixels for s in slots])  # (N, 3, S, S)
+    pixels = torch.stack([s.pixels for s in slots])  # (N, 3, S, S)
+    return unit_range(pixels) if normalise and pixels.dtype == torch.uint8 else pixels
 
 
-def _gen_tensors(gen: list[ImageSlot], image_size: int | None):
+def normalise_pixels(batch: PackedBatch) -> PackedBatch:
+    """``batch`` with uint8 image tensors (``pack(..., normalise=False)``) in [-1, 1] floats."""
+    if batch.und_pixels.dtype != torch.uint8 and batch.gen_pixels.dtype != torch.uint8:
+        return batch
+    return replace(
+        batch,
+        und_pixels=unit_range(batch.und_pixels) if batch.und_pixels.dtype == torch.uint8 else batch.und_pixels,
+        gen_pixels=unit_range(batch.gen_pixels) if batch.gen_pixels.dtype == torch.uint8 else batch.gen_pixels,
+    )
+
+
+def _gen_tensors(gen: list[ImageSlot], image_size: int | None, normalise: bool):
     """(gen_pixels, gen_latents, repa_targets): the pre-encoded tensors only if every sample has them."""
     latents = torch.stack([s.latent for s in gen]) if gen and all(s.latent is not None for s in gen) else None
     targets = (
@@ -52,7 +67,7 @@ def _gen_tensors(gen: list[ImageSlot], image_size: int | None):
             "a generation sample has no image (pre-encoded latent.npy + siglip.npy only) but others in "
             "the batch need pixels: pre-encode all generation sources or none"
         )
-    return _stack_images(gen, image_size), latents, targets
+    return _stack_images(gen, image_size, normalise), latents, targets
 
 
 def pack(
@@ -61,11 +76,14 @@ def pack(
     pad_id: int,
     batch_index: int = 0,
     image_size: int | None = None,
+    normalise: bool = True,
 ) -> PackedBatch:
     """Pack ``samples`` into rows of ``seq_len`` tokens.
 
     ``image_size`` only sets the shape of empty image tensors, (0, 3, S, S), when a batch has no image
-    of a kind. Images are stacked in slot order: by row, then by column.
+    of a kind. Images are stacked in slot order: by row, then by column. uint8 pixels are normalised to
+    [-1, 1] floats, a batch at once, unless ``normalise=False`` (the loader workers: a quarter of the
+    bytes to hand to the training process, which calls ``normalise_pixels``).
     """
     lengths = [len(s) for s in samples]
     for length in lengths:
@@ -94,14 +112,14 @@ def pack(
         position_ids[r, col:] = torch.arange(seq_len - col)  # the padding's own positions
     und = sorted(placed["und"], key=lambda p: p[:2])
     gen = sorted(placed["gen"], key=lambda p: p[:2])
-    gen_pixels, gen_latents, repa_targets = _gen_tensors([p[2] for p in gen], image_size)
+    gen_pixels, gen_latents, repa_targets = _gen_tensors([p[2] for p in gen], image_size, normalise)
     return PackedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
         segment_ids=segment_ids,
         labels=labels,
         key_mask=key_mask,
-        und_pixels=_stack_images([p[2] for p in und], image_size),
+        und_pixels=_stack_images([p[2] for p in und], image_size, normalise),
         und_slots=torch.tensor([p[:2] for p in und], dtype=torch.long).reshape(-1, 2),  # (N_und, 2)
         gen_pixels=gen_pixels,
         gen_slots=torch.tensor([p[:2] for p in gen], dtype=torch.long).reshape(-1, 2),  # (N_gen, 2)

@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jf_lightning.batch import PackedBatch
 from jf_lightning.data.mixing import RatioSchedule, apportion
-from jf_lightning.data.packing import pack
-from jf_lightning.data.reader import SkipLog
+from jf_lightning.data.packing import normalise_pixels, pack
+from jf_lightning.data.reader import DataStop, SkipLog
 from jf_lightning.data.sources import KINDS, Kind, RawSample, SourceConfig
 from jf_lightning.data.split import KindReader, SlotReader, decode_or_skip
 from jf_lightning.data.templates import Templater
-from jf_lightning.data.transforms import gen_transform, und_transform
+from jf_lightning.data.transforms import gen_square, und_square
+from jf_lightning.inputs import UserInputError
 
 _TRAIN, _VAL = 0, 1  # RNG stream tags: validation never shares random numbers with training
 
@@ -134,7 +135,7 @@ class PackedBatchStream(IterableDataset):
                     keys.append(f"{raw.kind}:{raw.url}#{raw.key}")
         if not samples:
             raise ValueError(f"batch {b}: every sample was skipped (data/skipped/* counts): check the shards")
-        batch = pack(samples, self.seq_len, self.templater.pad, batch_index=b, image_size=self.image_size)
+        batch = pack(samples, self.seq_len, self.templater.pad, b, self.image_size, normalise=False)
         batch.sample_keys, batch.data_stats = keys, skips.take()
         return batch
 
@@ -143,9 +144,9 @@ class PackedBatchStream(IterableDataset):
     ):
         pixels = None
         if raw.image is not None and raw.kind == "und":
-            pixels = und_transform(raw.image, self.image_size)
+            pixels = und_square(raw.image, self.image_size)  # uint8: pack normalises
         elif raw.image is not None:
-            pixels = gen_transform(raw.image, self.image_size, crops)
+            pixels = gen_square(raw.image, self.image_size, crops)
         drop = train and raw.kind == "gen" and bool(rng.random() < self.prompt_drop_prob)
         sample = self.templater.from_raw(raw, pixels, drop_prompt=drop)
         if len(sample) <= self.seq_len:
@@ -156,3 +157,29 @@ class PackedBatchStream(IterableDataset):
         detail = f"has {len(sample)} tokens, more than data.seq_len={self.seq_len}"
         skips.skip(f"{raw.kind} samples", "too_long", raw.url, raw.key, detail, streak=False)
         return None
+
+
+class StreamLoader(DataLoader):
+    """Hands out the workers' batches, their images normalised to [-1, 1] floats unless ``normalise``
+    is False (workers ship uint8 pixels, a quarter of the bytes; under a Lightning Trainer the
+    DataModule normalises them on the device, after the copy), and turns a worker's ``DataStop`` (too
+    many bad samples in a row) into its one line. ``start_fn`` (training) points the dataset at the
+    next batch each time iteration begins (a new epoch after ``limit_train_batches`` continues the
+    stream instead of replaying it)."""
+
+    def __init__(self, dataset: PackedBatchStream, start_fn=None, normalise: bool = True, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self._start_fn, self._normalise = start_fn, normalise
+
+    def __iter__(self):
+        if self._start_fn is not None:
+            self._start_fn(self.dataset)  # sets start and origin; workers are forked after this and copy them
+        return _handed_out(super().__iter__(), self._normalise)
+
+
+def _handed_out(batches, normalise: bool):
+    try:
+        for batch in batches:
+            yield normalise_pixels(batch) if normalise else batch
+    except DataStop as err:  # from a worker, the message holds its traceback: keep the last line
+        raise UserInputError(str(err).strip().splitlines()[-1].split("DataStop: ")[-1]) from None

@@ -48,7 +48,8 @@ class ImageSlot:
     start: int
     """Offset of the slot's first token (the ``<begin_of_image>`` tag) inside the sample."""
     pixels: torch.Tensor | None = None
-    """(3, S, S) float in [-1, 1]; None for a fully pre-encoded generation sample."""
+    """(3, S, S) float in [-1, 1], or uint8 (the packer normalises those, a batch at once); None for a
+    fully pre-encoded generation sample."""
     latent: torch.Tensor | None = None
     """(C, h, w) float: pre-encoded scaled VAE latent (generation only)."""
     repa_target: torch.Tensor | None = None
