@@ -6,7 +6,7 @@ The guide must be the same model, less trained. The snapshot copies the weights 
 EMA's, when the EMA callback runs) after ``snapshot_step`` optimizer steps; validations up to then
 sample without a guide. It is kept in the checkpoint, so ``validate --ckpt_path`` samples as fit did.
 Memory: one more copy of the trainable weights; frozen ones (SigLIP, the VAE) are shared with the live
-model.
+model. Under FSDP (sharded strategies) it refuses to run, in one line.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ class Autoguidance(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
-            raise NotImplementedError("Autoguidance cannot copy sharded parameters yet: drop it with FSDP")
+            # the snapshot is a deep copy of the model, which FSDP's sharded modules do not support
+            raise NotImplementedError(
+                "Autoguidance keeps a whole copy of the model and does not run under FSDP: drop the callback "
+                "or train with DDP"
+            )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # At the start of the step after the snapshot step: every callback's end-of-step hook (the EMA

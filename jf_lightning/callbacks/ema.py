@@ -19,8 +19,16 @@ of the same step, so everything that judges the model judges the average:
   ``averaging_state``) resume the same way;
 - at the end of fit the averages are copied into the model.
 
-``decay: null`` turns it off. Sharded strategies are refused: the averages would need the same
-sharding as the parameters.
+``decay: null`` turns it off.
+
+Under FSDP2 (``ModelParallelStrategy``, ``jf_lightning.parallel``) every parameter is a DTensor shard and
+so is its average (same placements): each rank updates, swaps and copies its own shards with the same
+``lerp`` (the full model is never gathered). Such a strategy writes a checkpoint directory through
+``torch.distributed.checkpoint`` (DCP) and only the module's ``state_dict`` and the optimizer states go
+through DCP (callback states are pickled by rank 0 alone): so the averages are the ``state_dict`` there
+too, and the live weights of the trained parameters ride along in it under ``current_model_state``,
+which this callback reads back from the directory itself when a fit resumes. Lightning's ``FSDPStrategy``
+(FSDP1) is refused.
 """
 
 from __future__ import annotations
@@ -31,9 +39,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed.checkpoint as dcp
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+LIVE = "current_model_state"  # the live weights' key: top level of a file checkpoint, inside a sharded one's state_dict
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's own shard (shares its storage: in-place ops on it change the DTensor); a tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class EMA(Callback):
@@ -76,24 +93,33 @@ class EMA(Callback):
         self._swapped = self._swapped_for_validation = False
         if stage != "fit" or self.decay is None:
             return
-        if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+        if isinstance(trainer.strategy, FSDPStrategy):
             raise NotImplementedError(
-                "EMA cannot average sharded parameters yet: set ema.decay: null with FSDP"
+                "EMA needs FSDP2: use jf_lightning.parallel.strategy.FSDP2Strategy, not fsdp"
             )
+        if (
+            isinstance(trainer.strategy, ModelParallelStrategy)
+            and not trainer.strategy._save_distributed_checkpoint
+        ):
+            # (a private attribute: the public argument is not exposed after construction)
+            raise NotImplementedError("EMA under FSDP2 needs save_distributed_checkpoint: true (the default)")
         pl_module.configure_model()  # idempotent in our stages; the parameters must exist to be averaged
         device = self.device or trainer.strategy.root_device
         with torch.no_grad():
             self._averages = {
-                name: torch.empty_like(param, device=device).copy_(param)
+                # a shard's average is a DTensor of the same placements, beside the shard
+                name: param.detach().clone() if isinstance(param, DTensor)
+                else torch.empty_like(param, device=device).copy_(param)
                 for name, param in pl_module.named_parameters()
                 if param.requires_grad
-            }
+            }  # fmt: skip
 
     def _pairs(self, pl_module: pl.LightningModule) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(average, live parameter) for every averaged parameter, in the module's order."""
+        """(average, live parameter) for every averaged parameter, in the module's order; for DTensors
+        their local shards, so every update, swap and copy stays on this rank's shards."""
         params = dict(pl_module.named_parameters())
         for name, average in self._averages.items():
-            yield average, params[name].detach()
+            yield _local(average), _local(params[name].detach())
 
     @torch.no_grad()
     def update(self, pl_module: pl.LightningModule) -> None:
@@ -172,12 +198,19 @@ class EMA(Callback):
             if key in other:
                 other[key] = self._averages[name]
         averaged, live = (module_state, other) if self._swapped else (other, module_state)
-        checkpoint["state_dict"], checkpoint["current_model_state"] = averaged, live
+        if any(isinstance(v, DTensor) for v in module_state.values()):  # sharded: all of it through DCP
+            trained = self._state_dict_keys(pl_module)
+            checkpoint["state_dict"] = {**averaged, LIVE: {key: live[key] for key in trained if key in live}}
+            return
+        checkpoint["state_dict"], checkpoint[LIVE] = averaged, live
 
     @torch.no_grad()
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # Outside fit the checkpoint's state_dict already holds the averages: nothing to do.
         if not self.active:
+            return
+        if "state_dict" not in checkpoint:  # a sharded checkpoint: the strategy took it from the directory
+            self._load_sharded(trainer, pl_module)
             return
         # Lightning has loaded the checkpoint's state_dict (the averages, if it had an EMA) into the model
         averaged = checkpoint["state_dict"]
@@ -194,6 +227,26 @@ class EMA(Callback):
             if "averaging_state" in checkpoint:  # written by Lightning's WeightAveraging
                 self.n_averaged = int(checkpoint["averaging_state"]["n_averaged"])
         # A checkpoint without an EMA starts the averages at its weights; the first update copies anyway.
+
+    @torch.no_grad()
+    def _load_sharded(self, trainer, pl_module: pl.LightningModule) -> None:
+        """The model holds the directory's averages (its state_dict): they become the averages, and the
+        live weights are read from the directory into the model's shards (DCP reshards if the world
+        size changed). A directory without them (written without an EMA) starts the averages at its weights."""
+        keys = self._state_dict_keys(pl_module)
+        params = dict(pl_module.named_parameters())
+        stored = dcp.FileSystemReader(trainer.ckpt_path).read_metadata().state_dict_metadata
+        with_ema = any(f"state_dict.{LIVE}." in key for key in stored)
+        missing = [key for key in keys if f"state_dict.{LIVE}.{key}" not in stored] if with_ema else []
+        if missing:
+            raise RuntimeError(f"the checkpoint's live weights lack trained parameters: {missing[:5]}")
+        live = {key: torch.empty_like(params[name]) for key, name in keys.items()} if with_ema else {}
+        if live:
+            dcp.load({"state_dict": {LIVE: live}}, checkpoint_id=trainer.ckpt_path)
+        for key, name in keys.items():
+            _local(self._averages[name]).copy_(_local(params[name]))
+            if live:
+                _local(params[name]).copy_(_local(live[key]))
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from jf_lightning.inputs import UserInputError
 from jf_lightning.kernels import use_cpu_kernels
 from jf_lightning.models.config import Ablation, JanusFlowConfig, config_for
 from jf_lightning.models.janusflow import JanusFlow, load_janusflow
+from jf_lightning.parallel.fsdp import shard_stage
 from jf_lightning.schedules import TimeMeanSchedule, lr_factor
 from jf_lightning.stages.init_from import InitWeights, load_initial_weights
 from jf_lightning.stages.nonfinite import NonFiniteGuard
@@ -105,6 +106,8 @@ class JanusFlowStage(LightningModule):
         init_from: str | None = None,
         init_weights: InitWeights = "ema",
         max_nonfinite_steps: int = 10,
+        activation_checkpointing: bool = False,
+        compile_blocks: bool = False,
     ):
         """
         Args:
@@ -153,6 +156,8 @@ class JanusFlowStage(LightningModule):
                 ``current_model_state``).
             max_nonfinite_steps: Optimizer steps with a non-finite loss or gradient norm are skipped
                 (counted as ``train/skipped_nonfinite``); this many in a row stop the run.
+            activation_checkpointing: Under FSDP (``jf_lightning.parallel``), recompute each block in backward.
+            compile_blocks: Under FSDP, ``torch.compile`` each block.
         """
         super().__init__()
         # Logged by the CLI as part of the whole resolved config; not again by Lightning. The config is
@@ -198,7 +203,6 @@ class JanusFlowStage(LightningModule):
 
     def configure_model(self) -> None:
         # Idempotent: Lightning, load_from_checkpoint and the EMA callback may all call it.
-        # (FSDP sharding will be applied here, after the build and the freeze.)
         if self.model is not None:
             return
         self.model = load_janusflow(self.model_config)
@@ -211,6 +215,8 @@ class JanusFlowStage(LightningModule):
         if self.hparams.cpu_kernels:
             use_cpu_kernels(self.model)
         self.apply_freeze_policy()
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2, after the build and the freeze
+            shard_stage(self)
 
     def load_initial_weights(self) -> None:
         """The weights of ``init_from``, if given; under DDP every rank loads them into its own model."""

@@ -13,6 +13,7 @@ Every rank takes the same decision: the flags are reduced (max) over the ranks b
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from jf_lightning.inputs import UserInputError
 
@@ -46,6 +47,8 @@ class NonFiniteGuard:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         device = grads[0].device if grads else stage.device
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+        if isinstance(norm, DTensor):  # FSDP2's sharded gradients: the norm over all ranks' shards
+            norm = norm.full_tensor()
         loss_flags = (
             self._loss_flags
             if self._loss_flags is not None
