@@ -22,6 +22,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="MJHQ's meta_data.json naming each generated image's category by file stem: adds "
                         "<prefix>/<category>")  # fmt: skip
     p.add_argument("--backend", choices=("clean-fid", "torchmetrics"), default="clean-fid")
+    p.add_argument("--dims", type=int, default=2048, choices=(64, 192, 768, 2048),
+                   help="feature size: 2048 (FID); torchmetrics also an earlier block's (not comparable)")  # fmt: skip
     p.add_argument("--mode", choices=("clean", "legacy_tensorflow"), default="clean", help="clean-fid's mode")
     p.add_argument("--weights", type=Path,
                    help="Inception weights file or its folder (default: the library's cache, "
@@ -45,7 +47,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from jf_lightning.metrics.prompt_files import prompts_for_images
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = feature_extractor(args.backend, args.weights, args.mode, device)  # missing weights: at once
+    extractor = feature_extractor(
+        args.backend, args.weights, args.mode, device, args.dims
+    )  # missing weights: at once
     files = image_files(args.images)
     categories = [p.category for p in prompts_for_images(files, args.prompts)] if args.prompts else None
     reference = reference_stats(args.reference, extractor, args.cache_dir, args.batch_size, args.num_workers)
