@@ -6,7 +6,8 @@ and its ``requires_grad`` flags (the stage's freeze policy), under bf16 mixed pr
 - parameters: fp32 masters, 4 B each (DDP: every rank holds all; FSDP2: each rank 1/N of the sharded
   parts, the replicated VAE whole, plus the bf16 copies of the two largest groups gathered at a time,
   the one computing and the one prefetched);
-- gradients: fp32, 4 B per trainable parameter (FSDP2: reduce-scattered, 1/N);
+- gradients: fp32, 4 B per trainable parameter (FSDP2: reduce-scattered, 1/N), and under DDP another
+  4 B for its all-reduce buckets (Lightning's DDP keeps ``gradient_as_bucket_view`` off);
 - optimizer: AdamW's two fp32 moments, 8 B per trainable parameter (FSDP2: 1/N);
 - EMA: one fp32 average per trainable parameter, 4 B (FSDP2: sharded like the weights).
 
@@ -46,7 +47,7 @@ def state_bytes(model: nn.Module, world_size: int, sharded: bool) -> dict[str, f
         params += 2.0 * sum(blocks[:2])
     return {
         "params": params,
-        "grads": 4.0 * trained / n,
+        "grads": 4.0 * trained / n if sharded else 8.0 * trained,  # DDP: .grad and the bucket copy
         "optimizer": 8.0 * trained / n,
         "ema": 4.0 * trained / n,
     }
