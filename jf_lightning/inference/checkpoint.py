@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 
 from jf_lightning.inputs import UserInputError
 from jf_lightning.models.config import apply_overrides, config_from_hparams, resolve_config
@@ -57,9 +58,7 @@ def load_model(
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or one that needs unpickling objects
-        raise UserInputError(
-            f"{source} is not a checkpoint written by `fit` ({type(err).__name__})"
-        ) from err
+        raise UserInputError(f"{source} is not a checkpoint written by `fit` ({type(err).__name__})") from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserInputError(f"{source} has no state_dict: is it a checkpoint written by `fit`?")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -73,11 +72,24 @@ def load_model(
             f"{source}: its weights do not fit the model its hyper_parameters describe (missing "
             f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); check --override"
         )
-    data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    data = dict(checkpoint.get("datamodule_hyper_parameters") or run_data_config(path))
     step = checkpoint.get("global_step")
     return LoadedModel(
         model.eval(), data.get("tokenizer"), data.get("template"), f"{source} ({which} at step {step})"
     )
+
+
+def run_data_config(ckpt: Path) -> dict[str, Any]:
+    """The ``data`` section of the config the CLI saved in the checkpoint's run directory
+    (``<run dir>/config.yaml`` beside ``<run dir>/checkpoints/``), or nothing."""
+    config = ckpt.resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        return {}
+    try:
+        data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def pick_weights(checkpoint: dict, weights: Weights, source: str) -> tuple[dict, str]:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from jf_lightning.commands.generate import main, read_prompts
@@ -91,3 +92,17 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(SystemExit, match="not a checkpoint written by `fit`"):
         run(tmp_path / "junk.ckpt", "geneval", tmp_path / "o")
+
+
+def test_tokenizer_from_the_run_directory(tiny_checkpoint, tmp_path):
+    """A checkpoint without datamodule hyperparameters: the tokenizer the run's saved config names."""
+    ckpt, tokenizer = tiny_checkpoint
+    state = torch.load(ckpt, weights_only=True)
+    del state["datamodule_hyper_parameters"]
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit, match="does not record its tokenizer: give --tokenizer"):
+        run(tmp_path / "run" / "checkpoints" / "last.ckpt", "geneval", tmp_path / "o", "--limit", "1")
+    (tmp_path / "run" / "config.yaml").write_text(f"data:\n  tokenizer: {tokenizer}\n  template: pretrain\n")
+    run(tmp_path / "run" / "checkpoints" / "last.ckpt", "geneval", tmp_path / "o", "--limit", "1")
+    assert (tmp_path / "o" / "00000" / "samples" / "0000.png").is_file()
