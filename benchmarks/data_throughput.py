@@ -8,9 +8,12 @@ tokens on the generated text with ``tokenizers`` (a real-sized vocabulary, built
   tokens, seq_len 4096, 16 samples a batch): decode, transforms, templates, tokenization, packing;
 - bare: ``webdataset.WebDataset(...).decode("pil")`` over the same shards (PIL decode to RGB, text
   decoded), nothing else.
-Each is timed from its first item on (loader worker start-up excluded), best of ``--repeats``. Prints
-samples/s per worker process for both and their ratio. Goals: >= 150 samples/s per worker, and the
-pipeline at most 10% slower than bare decoding.
+Each is timed from its first item on (loader worker start-up excluded), best of ``--repeats``, with
+``--workers`` loader processes (wall clock) and in one process (CPU time: what a worker with a core
+to itself does, whatever else the machine runs). Without a Trainer the loader normalises the images
+in the main process (under a Trainer that cast runs on the device): counted here. Prints samples/s per
+worker process for both and their ratio. Goals: >= 150 samples/s per worker, and the pipeline at most
+10% slower than bare decoding.
 
     python benchmarks/data_throughput.py --workers 2
 """
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -132,6 +136,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=640, help="samples timed per way and repeat")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as in a loader worker; more threads only spin against the workers
     with tempfile.TemporaryDirectory() as tmp:
         patterns = write_shards(Path(tmp) / "shards", samples=400, per_shard=100)
         tokenizer = build_tokenizer(Path(tmp) / "tokenizer")

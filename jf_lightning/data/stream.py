@@ -134,7 +134,7 @@ class PackedBatchStream(IterableDataset):
                     samples.append(sample)
                     keys.append(f"{raw.kind}:{raw.url}#{raw.key}")
         if not samples:
-            raise ValueError(f"batch {b}: every sample was skipped (data/skipped/* counts): check the shards")
+            raise DataStop(f"data: every sample of batch {b} was skipped (see the warnings above): check the shards")
         batch = pack(samples, self.seq_len, self.templater.pad, b, self.image_size, normalise=False)
         batch.sample_keys, batch.data_stats = keys, skips.take()
         return batch
