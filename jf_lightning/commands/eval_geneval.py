@@ -69,6 +69,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             f"--{name}", type=float, default=default, help=f"GenEval's {name} (default {default})"
         )
     parser.add_argument("--max-objects", type=int, default=16, help="GenEval's max_objects per class")
+    parser.add_argument("--prefix", default="val/geneval", help="MLflow metric prefix (default val/geneval)")
+    mlflow = parser.add_argument_group("MLflow (when asked)")
+    mlflow.add_argument("--mlflow-run", help="log the scores into this MLflow run (its id)")
+    mlflow.add_argument("--experiment", help="log the scores into a new MLflow run of this experiment")
+    mlflow.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    mlflow.add_argument("--step", type=int, default=0, help="the step the scores are logged at (default 0)")
     return parser.parse_args(argv)
 
 
@@ -127,5 +135,11 @@ def main(argv: list[str]) -> None:
         summary = evaluate(args)
     except (UserInputError, FileNotFoundError) as err:
         sys.exit(f"jf eval geneval: error: {err}")
-    if summary is not None:
-        print(format_summary(summary))
+    if summary is None:
+        return
+    print(format_summary(summary))
+    if args.mlflow_run or args.experiment:
+        from jf_lightning.commands.results import log_to_mlflow
+
+        metrics = {f"{args.prefix}/{task}": score for task, score in summary["tasks"].items()}
+        print(f"logged into MLflow run {log_to_mlflow(args, metrics, 'jf-eval-geneval')}", file=sys.stderr)

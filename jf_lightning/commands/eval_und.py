@@ -34,6 +34,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per decoding call")
     add_model_arguments(parser)
+    mlflow = parser.add_argument_group("MLflow (when asked)")
+    mlflow.add_argument("--mlflow-run", help="log the scores into this MLflow run (its id)")
+    mlflow.add_argument("--experiment", help="log the scores into a new MLflow run of this experiment")
+    mlflow.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    mlflow.add_argument("--step", type=int, default=0, help="the step the scores are logged at (default 0)")
     return parser.parse_args(argv)
 
 
@@ -82,5 +89,11 @@ def main(argv: list[str]) -> None:
         summary = evaluate(args)
     except (UserInputError, FileNotFoundError) as err:
         sys.exit(f"jf eval und: error: {err}")
-    if summary is not None:
-        print(json.dumps(summary, indent=2))
+    if summary is None:
+        return
+    print(json.dumps(summary, indent=2))
+    if args.mlflow_run or args.experiment:
+        from jf_lightning.commands.results import log_to_mlflow
+
+        metrics = {f"val/und/{k}": v for k, v in summary.items() if k.split("/")[0] == args.name}
+        print(f"logged into MLflow run {log_to_mlflow(args, metrics, 'jf-eval-und')}", file=sys.stderr)

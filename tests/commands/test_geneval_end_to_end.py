@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlflow import MlflowClient
 
 from jf_lightning.commands import eval_geneval, generate
 from jf_lightning.metrics.geneval import (
@@ -29,7 +30,9 @@ def test_generate_then_score(tiny_checkpoint, tmp_path, capsys):
     generate.main(["--ckpt", str(ckpt), "--prompts", str(tmp_path / "meta.jsonl"), "--out", str(out),
                    "--n", "2", "--steps", "2", "--batch-size", "4"])  # fmt: skip
     capsys.readouterr()
-    eval_geneval.main(["--images", str(out), "--detector", str(detector), "--clip", str(clip)])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    eval_geneval.main(["--images", str(out), "--detector", str(detector), "--clip", str(clip),
+                       "--experiment", "geneval", "--tracking-uri", uri])  # fmt: skip
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["filename"] for r in rows] == [
@@ -46,3 +49,7 @@ def test_generate_then_score(tiny_checkpoint, tmp_path, capsys):
     assert list(summary["tasks"]) == [*GENEVAL_TASKS, "overall"]
     assert summary["tasks"]["single_object"] == 1.0
     assert f"overall score (mean over tasks): {summary['tasks']['overall']:.5f}" in printed
+    (run,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("geneval").experiment_id]
+    )
+    assert run.data.metrics == {f"val/geneval/{task}": score for task, score in summary["tasks"].items()}
