@@ -17,6 +17,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,3 +183,41 @@ class RandomEvalExtractors(PreparedInput):
         print(f"writing random-weight evaluation extractors into {self.out_dir} ...", flush=True)
         save_random_inceptions(self.out_dir, self.seed, self.tiny)
         save_tiny_clip(self.path / "clip", self.clip_seed)
+
+
+class ShapesFIDReference(PreparedInput):
+    """Real images of the shapes world for FID (``out_dir/images/<i>.png``) and their captions, one
+    per line, as a prompt file (``out_dir/prompts.txt``): a smoke run's reference set and prompts."""
+
+    def __init__(self, out_dir: str, n: int = 32, image_size: int = 32, seed: int = 12345):
+        """
+        Args:
+            out_dir: Where the images and the prompt file go.
+            n: Scenes rendered.
+            image_size: Side of the images, in pixels (the world's).
+            seed: Seeds the scenes (apart from the training world's).
+        """
+        self.out_dir, self.n, self.image_size, self.seed = out_dir, n, image_size, seed
+
+    @property
+    def path(self) -> Path:
+        return Path(self.out_dir)
+
+    def ready(self) -> bool:
+        prompts = self.path / "prompts.txt"
+        return prompts.is_file() and len(prompts.read_text().splitlines()) == self.n
+
+    def prepare(self) -> None:
+        if self.ready():
+            return
+        from jf_lightning.shapes.language import caption
+        from jf_lightning.shapes.world import render_scene, sample_scene
+
+        rng = np.random.default_rng(self.seed)
+        (self.path / "images").mkdir(parents=True, exist_ok=True)
+        captions = []
+        for i in range(self.n):
+            scene = sample_scene(rng)
+            render_scene(scene, self.image_size).save(self.path / "images" / f"{i:05d}.png")
+            captions.append(caption(scene))
+        (self.path / "prompts.txt").write_text("\n".join(captions) + "\n")
