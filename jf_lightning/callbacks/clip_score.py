@@ -75,8 +75,13 @@ class CLIPScoreCallback(GeneratedImagesCallback):
             grid_images: How many of the first images go into the logged grid.
             every_n_steps: Run every this many optimizer steps instead of at every validation.
         """
-        texts = [e.text for e in balanced_subset(read_prompts(prompts), num_images)]
+        self.prompt_file, self.num_images = prompts, num_images
+        self.clip = CLIPScorer([], model, key)
         super().__init__(
-            texts, [CLIPScorer(texts, model, key)], steps, cfg_weight, seed, batch_size, template, temperature,
-            grid_images, every_n_steps,
+            None, [self.clip], steps, cfg_weight, seed, batch_size, template, temperature, grid_images,
+            every_n_steps,
         )  # fmt: skip
+
+    def load_prompts(self) -> list[str]:
+        self.clip.prompts = [e.text for e in balanced_subset(read_prompts(self.prompt_file), self.num_images)]
+        return self.clip.prompts

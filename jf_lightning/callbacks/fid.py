@@ -35,15 +35,11 @@ class FIDScorer(ImageScorer):
         mode: str = "clean",
         cache_dir: str | None = None,
         dims: int = 2048,
+        per_category: bool = True,
     ):
         self.reference_path, self.categories, self.prefix = reference, list(categories), prefix.rstrip("/")
-        self.backend, self.weights, self.mode, self.cache_dir, self.dims = (
-            backend,
-            weights,
-            mode,
-            cache_dir,
-            dims,
-        )
+        self.backend, self.weights, self.mode = backend, weights, mode
+        self.cache_dir, self.dims, self.per_category = cache_dir, dims, per_category
         self.extractor: InceptionFeatures | None = None
         self.reference: dict = {}
         self.index: list[int] = []
@@ -75,7 +71,8 @@ class FIDScorer(ImageScorer):
         features = gather_rows(
             trainer, self.index, torch.cat(self.features), len(self.categories)
         )  # (N, 2048)
-        scores = fid_scores(features.numpy(), self.reference, self.extractor, self.categories)
+        categories = self.categories if self.per_category else None  # each category: one more matrix root
+        scores = fid_scores(features.numpy(), self.reference, self.extractor, categories)
         return {self.prefix if k == "" else f"{self.prefix}/{k}": v for k, v in scores.items()}
 
 
@@ -97,6 +94,7 @@ class FIDCallback(GeneratedImagesCallback):
         mode: str = "clean",
         cache_dir: str | None = None,
         dims: int = 2048,
+        per_category: bool = True,
         clip_model: str | None = None,
         steps: int = 30,
         cfg_weight: float | None = 7.5,
@@ -121,6 +119,7 @@ class FIDCallback(GeneratedImagesCallback):
             cache_dir: Where reference statistics are cached (default ``~/.cache/jf_lightning/fid``).
             dims: Feature size: 2048 (FID); the torchmetrics backend also takes an earlier block's
                 64 / 192 / 768 (cheap, not comparable with published FIDs).
+            per_category: Also ``<prefix>/<category>`` (each a 2048 x 2048 matrix square root on the CPU).
             clip_model: Also log ``val/clip_score`` on the same images with this CLIP (hub id or folder).
             steps: Euler steps of the sampler (the paper: 30).
             cfg_weight: Classifier-free guidance weight (the ablations: 7.5; the main table: 2).
@@ -131,17 +130,12 @@ class FIDCallback(GeneratedImagesCallback):
             grid_images: How many of the first images go into the logged grid.
             every_n_steps: Run every this many optimizer steps instead of at every validation.
         """
-        entries = balanced_subset(read_prompts(prompts), num_images)
-        texts = [e.text for e in entries]
-        scorers: list[ImageScorer] = [
-            FIDScorer(
-                reference, [e.category for e in entries], prefix, backend, weights, mode, cache_dir, dims
-            )
-        ]
-        if clip_model is not None:
-            scorers.append(CLIPScorer(texts, clip_model))
+        self.prompt_file, self.num_images = prompts, num_images
+        self.fid = FIDScorer(reference, [], prefix, backend, weights, mode, cache_dir, dims, per_category)
+        self.clip = CLIPScorer([], clip_model) if clip_model is not None else None
+        scorers: list[ImageScorer] = [self.fid] + ([self.clip] if self.clip else [])
         super().__init__(
-            texts,
+            None,
             scorers,
             steps,
             cfg_weight,
@@ -152,3 +146,11 @@ class FIDCallback(GeneratedImagesCallback):
             grid_images,
             every_n_steps,
         )
+
+    def load_prompts(self) -> list[str]:
+        entries = balanced_subset(read_prompts(self.prompt_file), self.num_images)
+        texts = [e.text for e in entries]
+        self.fid.categories = [e.category for e in entries]
+        if self.clip is not None:
+            self.clip.prompts = texts
+        return texts

@@ -56,7 +56,7 @@ class GeneratedImagesCallback(EvaluationCallback):
 
     def __init__(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str] | None,
         scorers: Sequence[ImageScorer],
         steps: int = 30,
         cfg_weight: float | None = 7.5,
@@ -69,7 +69,8 @@ class GeneratedImagesCallback(EvaluationCallback):
     ):
         """
         Args:
-            prompts: One image per prompt, item ``i`` with noise seed ``seed + i``.
+            prompts: One image per prompt, item ``i`` with noise seed ``seed + i``; None: a subclass
+                reads them in :meth:`load_prompts`.
             scorers: The metrics fed with every image.
             steps: Euler steps of the sampler.
             cfg_weight: Classifier-free guidance weight; null samples the conditional branch alone.
@@ -81,16 +82,26 @@ class GeneratedImagesCallback(EvaluationCallback):
             every_n_steps: See :class:`EvaluationCallback`.
         """
         super().__init__(every_n_steps)
-        if not prompts:
+        if prompts is not None and not prompts:
             raise ValueError(f"{type(self).__name__}: the prompt list is empty")
         if batch_size < 1 or grid_images < 0:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1 and grid_images >= 0")
-        self.prompts, self.scorers = list(prompts), list(scorers)
+        self.prompts, self.scorers = list(prompts or []), list(scorers)
         self.steps, self.cfg_weight, self.seed = steps, cfg_weight, seed
         self.batch_size, self.template, self.temperature = batch_size, template, temperature
-        self.grid_images = min(grid_images, len(self.prompts))
+        self.grid_images = min(grid_images, len(self.prompts)) if self.prompts else grid_images
+
+    def load_prompts(self) -> list[str]:
+        """The prompt list of a subclass that reads it from a file: at ``setup``, not at construction,
+        since a config's callbacks are built before ``prepare`` makes the files they name."""
+        raise ValueError(f"{type(self).__name__}: no prompts")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.prompts:
+            self.prompts = self.load_prompts()
+            if not self.prompts:
+                raise ValueError(f"{type(self).__name__}: the prompt list is empty")
+            self.grid_images = min(self.grid_images, len(self.prompts))
         for scorer in self.scorers:
             scorer.setup(trainer)
 
