@@ -10,11 +10,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback
+from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["-c", str(ROOT / "experiments" / "ablation_F.yaml"), "-c", str(ROOT / "experiments" / "smoke.yaml")]
@@ -57,8 +59,11 @@ def test_two_nodes_of_one_process_train_as_one_job(tmp_path):
     done = subprocess.run([*run, "prepare", *config], cwd=tmp_path, env=base_env, capture_output=True, text=True,
                           timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # the store exists before the nodes start, as a tracking server would: two processes creating one
+    # sqlite file at once race in its schema migration (multi-node runs should log to a server)
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
     fit = [*run, "fit", *config, "--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.strategy=ddp",
-           "--trainer.callbacks+=tests.test_multinode.RankLosses"]  # fmt: skip
+           "--data.val_batches=2", "--trainer.callbacks+=tests.test_multinode.RankLosses"]  # fmt: skip
     port = str(free_port())
     nodes = []
     for node in (0, 1):
@@ -66,8 +71,12 @@ def test_two_nodes_of_one_process_train_as_one_job(tmp_path):
                "WORLD_SIZE": "2", "LOCAL_RANK": "0"}  # fmt: skip
         log = (tmp_path / f"node{node}.log").open("w")
         nodes.append(subprocess.Popen(fit, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        codes = [node.wait(timeout=600) for node in nodes]
+    try:  # a node that fails leaves the other waiting for it at the rendezvous: stop it then
+        deadline = time.monotonic() + 600
+        while any(n.poll() is None for n in nodes) and not any(n.poll() for n in nodes):
+            assert time.monotonic() < deadline, "the nodes did not finish in 600 s"
+            time.sleep(1)
+        codes = [node.poll() for node in nodes]
     finally:
         for node in nodes:
             if node.poll() is None:
@@ -83,3 +92,9 @@ def test_two_nodes_of_one_process_train_as_one_job(tmp_path):
     )  # and the same weights: gradients were all-reduced
     assert "MLflow run " in (tmp_path / "node0.log").read_text()  # rank 0 alone logs and summarises
     assert "MLflow run " not in (tmp_path / "node1.log").read_text()
+    # the CLI's always-on Throughput callback logged the job's rates (no MFU: a CPU has no known peak)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ablation_F").experiment_id])
+    keys = {k for k in run.data.metrics if k.startswith("throughput/")}
+    assert keys == {f"throughput/{k}" for k in ("samples_per_s", "tokens_per_s", "padded_tokens_per_s",
+                                                "tflops_per_device")}  # fmt: skip
