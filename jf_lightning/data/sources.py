@@ -279,12 +279,13 @@ def source_shard_rng(seed_key: str, kind: Kind, source_index: int) -> random.Ran
 
 
 class ResampledStream:
-    """Infinite training stream of one kind, mixing its sources by weight.
+    """Infinite stream of one kind drawing shards with replacement, mixing its sources by weight: the
+    order the shapes SigLIP pretraining serves its in-memory table in. (Training batches read through
+    ``split.KindReader`` instead: every record once per epoch, and found again on resume.)
 
     Each source draws shards with replacement (resampled shards, as webdataset's ``resampled=True``)
-    from its own RNG seeded by ``seed_key`` (seed, rank, worker), so a worker's sample sequence is a
-    function of the seed and the worker. Which source the next sample comes from is drawn from the
-    caller's RNG (the per-batch RNG).
+    from its own RNG seeded by ``seed_key``. Which source the next sample comes from is drawn from the
+    caller's RNG. A bad record raises (``BadSample``).
     """
 
     def __init__(self, sources: list[SourceConfig], seed_key: str):
