@@ -65,20 +65,20 @@ def main() -> None:
     model = JanusFlow(cfg).eval()
     train = JanusFlow(cfg).train()
     t_step = median_seconds(train, mixed_batch(cfg), 5)
+    print(f"tiny training step (4 samples, fwd+bwd): {t_step * 1000:9.1f} ms", flush=True)
     prompts = [list(range(20, 40))] * n
     t_gen = seconds(lambda: generate_images(model, prompts, list(range(n)), 0, 30, 7.5, n)) / n
+    print(f"tiny generation, 30 steps, CFG:          {t_gen * 1000:9.1f} ms/image  "
+          f"({t_gen / (t_step / 4):.1f} training samples' worth)", flush=True)  # fmt: skip
     images = torch.randint(0, 256, (n, 3, 256, 256), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         save_random_inceptions(tmp)
         inception = CleanFID(tmp)
         t_inception = seconds(lambda: inception.images(images)) / n
+        print(f"Inception features (clean, 256 px):      {t_inception * 1000:9.1f} ms/image", flush=True)
         metric = clip_large(tmp)
         texts = ["a photo of a red circle left of a blue square on a wooden table"] * n
         t_clip = seconds(lambda: metric.update(images, texts)) / n
-    print(f"tiny training step (4 samples, fwd+bwd): {t_step * 1000:9.1f} ms")
-    print(f"tiny generation, 30 steps, CFG:          {t_gen * 1000:9.1f} ms/image  "
-          f"({t_gen / (t_step / 4):.1f} training samples' worth)")  # fmt: skip
-    print(f"Inception features (clean, 256 px):      {t_inception * 1000:9.1f} ms/image")
     print(f"CLIP ViT-L/14 image + prompt features:   {t_clip * 1000:9.1f} ms/image")
     if not args.skip_distance:
         rng = np.random.default_rng(0)

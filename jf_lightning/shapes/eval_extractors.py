@@ -54,7 +54,7 @@ class CleanFidInception(nn.Module):
     """The interface of clean-fid's ``inception-2015-12-05.pt``: ``layers`` for pixels already at 299 px
     in [-1, 1] (``clean`` mode), or the module called on 0..255 pixels of any size (it resizes)."""
 
-    def __init__(self, net: FeatureExtractorInceptionV3):
+    def __init__(self, net: nn.Module):  # torch-fidelity's FeatureExtractorInceptionV3
         super().__init__()
         self.layers = nn.Sequential(
             net.Conv2d_1a_3x3,
