@@ -6,9 +6,10 @@ sequence shape with a narrowed model, on the same weights and noise.
 The released loop (deepseek-ai/Janus, ``demo/app_janusflow.py``, ``generate``) runs the whole sequence,
 [prompt, time token, 576 latent tokens] for the conditional and unconditional rows, through the LLM at
 every Euler step: its KV cache is built from an empty list and never used. Here that baseline is our
-model's full forward on the same sequence (``generate_latents(use_cache=False)``: one packed row per
-image, the training convention), against ``use_cache=True``, which runs the prompt once into a cache and
-then only the time and latent tokens per step. Shapes are JanusFlow-1.3B's at 384 px (a 48 x 48 x 4
+model's full forward on the same sequence (``full_velocity``, the sampler's ``use_cache=False`` path:
+one packed row per image, the training convention), against ``cached_velocity`` (``use_cache=True``),
+which runs the prompt once into a cache and then only the time and latent tokens per step. The two
+Euler loops run step by step in turn, so that other load on the machine falls on both alike. Shapes are JanusFlow-1.3B's at 384 px (a 48 x 48 x 4
 latent in 2 x 2 patches: 576 tokens), 30 steps, CFG; the LLM and the codec are narrowed so that it runs
 on a laptop CPU. The two outputs must agree (allclose); the script prints both times and the ratio.
 """
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from jf_lightning.flow.sampler import generate_latents
+from jf_lightning.flow.sampler import PromptBatch, cached_velocity, full_velocity, initial_noise
 from jf_lightning.models.config import resolve_config
 from jf_lightning.models.janusflow import JanusFlow
 
@@ -42,12 +43,26 @@ def narrowed_model(layers: int, width: int) -> JanusFlow:
     return model
 
 
-def timed(
-    model: JanusFlow, prompts: list[list[int]], steps: int, use_cache: bool
-) -> tuple[torch.Tensor, float]:
+def interleaved(model: JanusFlow, prompts: list[list[int]], steps: int, cfg: float) -> tuple[dict, dict]:
+    """Both samplers' Euler loops, step by step in turn (the one that goes first alternates), so that a
+    busy machine slows both alike: {path: final latents}, {path: seconds}. The cached path's time
+    includes its prefill; the CFG combination is :func:`euler_sample`'s."""
+    batch = PromptBatch.guided(prompts, 0, cfg=True)
+    shape = (model.cfg.vae.latent_channels, model.cfg.latent_size, model.cfg.latent_size)
+    noise = initial_noise(list(range(len(prompts))), shape)
     start = time.perf_counter()
-    latents = generate_latents(model, prompts, list(range(len(prompts))), 0, steps, 2.0, use_cache=use_cache)
-    return latents, time.perf_counter() - start
+    velocity = {"cached": cached_velocity(model, batch)}  # the prompt runs once, here
+    seconds = {"cached": time.perf_counter() - start, "full": 0.0}
+    velocity["full"] = full_velocity(model, batch, 0)
+    z = {"full": noise.clone(), "cached": noise.clone()}
+    for i in range(steps):
+        t = torch.full((2 * len(prompts),), i / steps)
+        for path in ("full", "cached") if i % 2 == 0 else ("cached", "full"):
+            tic = time.perf_counter()
+            v_cond, v_uncond = velocity[path](torch.cat([z[path], z[path]]), t).chunk(2)
+            seconds[path] += time.perf_counter() - tic
+            z[path] = z[path] + (cfg * v_cond + (1 - cfg) * v_uncond).float() / steps
+    return z, seconds
 
 
 def main() -> None:
@@ -66,12 +81,12 @@ def main() -> None:
         [1] + torch.randint(5, 1024, (args.prompt_tokens - 1,), generator=g).tolist()
         for _ in range(args.images)
     ]
-    timed(model, prompts, 1, True)  # warm-up of both paths
-    timed(model, prompts, 1, False)
-    full, t_full = timed(model, prompts, args.steps, use_cache=False)
-    cached, t_cached = timed(model, prompts, args.steps, use_cache=True)
-    diff = (full - cached).abs().max().item()
-    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        interleaved(model, prompts, 1, 2.0)  # warm-up of both paths
+        z, seconds = interleaved(model, prompts, args.steps, 2.0)
+    t_full, t_cached = seconds["full"], seconds["cached"]
+    diff = (z["full"] - z["cached"]).abs().max().item()
+    torch.testing.assert_close(z["cached"], z["full"], rtol=1e-4, atol=1e-4)
     tokens = args.prompt_tokens + 1 + model.cfg.num_gen_tokens
     print(
         f"threads={torch.get_num_threads()}: {args.images} image(s), prompt {args.prompt_tokens} tokens + 1 time + "
