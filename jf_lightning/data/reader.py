@@ -118,7 +118,8 @@ def iter_records(
             if record is not None:
                 record.setdefault(suffix.lower(), data)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield max(index, 0), _error(url, "truncated_shard", f"cannot be read past record {index} ({exc})")
+        detail = f"cannot be read past record {index} ({exc})"
+        yield max(index, 0), _error(url, "truncated_shard", detail) | {"__key__": key or ""}
         return
     finally:
         tar.close()
