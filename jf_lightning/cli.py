@@ -39,6 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 from jf_lightning import compare
 from jf_lightning.callbacks.atomic_checkpoint import AtomicCheckpointIO
 from jf_lightning.callbacks.checkpoint import FinalStepCheckpoint
+from jf_lightning.callbacks.data_stats import DataStats
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.evaluation import run_dir
 from jf_lightning.callbacks.phase_timer import PhaseTimer
@@ -138,7 +139,7 @@ class JanusFlowCLI(LightningCLI):
             "gradient_clip_val": 1.0,  # every stage of the paper
             "logger": {"class_path": "jf_lightning.callbacks.tracking.BackgroundMLFlowLogger", "init_args": {
                 "experiment_name": AUTO, "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)}},
-            "callbacks": [LearningRateMonitor(logging_interval="step"), PhaseTimer(), Throughput()],  # always added
+            "callbacks": [LearningRateMonitor(logging_interval="step"), PhaseTimer(), Throughput(), DataStats()],  # always added
         })  # fmt: skip
         super().__init__(
             JanusFlowStage,
