@@ -72,6 +72,7 @@ class DepthwiseConv2d(nn.Conv2d):
             return super().forward(x)
         x = x.contiguous(memory_format=torch.channels_last)
         if torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return _DepthwiseConvFunction.apply(x.float(), self.weight, self.bias, self.padding[0])
+            with torch.autocast("cpu", enabled=False):  # weights cast too: FSDP2 may hand them over in bf16
+                bias = None if self.bias is None else self.bias.float()
+                return _DepthwiseConvFunction.apply(x.float(), self.weight.float(), bias, self.padding[0])
         return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.padding[0])

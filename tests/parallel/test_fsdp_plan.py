@@ -4,17 +4,23 @@ the unsharded one's loss and gradients, with activation checkpointing too."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+from jf_lightning.callbacks.autoguidance import Autoguidance
+from jf_lightning.callbacks.ema import EMA
 from jf_lightning.flow.sampler import PromptBatch, cached_velocity
 from jf_lightning.inputs import UserInputError
 from jf_lightning.models.gen_codec import ConvNeXtBlock
 from jf_lightning.parallel.fsdp import apply_fsdp, mixed_precision_policy, shard_blocks
+from jf_lightning.parallel.strategy import FSDP2Strategy
 from jf_lightning.stages import PretrainingStage
 from tests.stages.conftest import built, tiny_batch
 
@@ -63,6 +69,7 @@ def test_blocks_and_parts_are_sharded_and_the_vae_replicated(mesh):
     assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_the_sharded_model_computes_the_same_loss_and_gradients(mesh):
     batch = tiny_batch(built(PretrainingStage).model_config)
     reference = loss_and_grads(built(PretrainingStage), batch)
@@ -108,3 +115,14 @@ def test_the_samplers_direct_calls_run_on_the_sharded_model(mesh):
     with torch.no_grad():
         velocities = [cached_velocity(s.model, prompts)(z, t) for s in (reference, stage)]
     torch.testing.assert_close(velocities[1], velocities[0], rtol=1e-5, atol=1e-6)
+
+
+def test_what_cannot_run_sharded_refuses_in_one_line():
+    classic = SimpleNamespace(strategy=FSDPStrategy())
+    gathered = SimpleNamespace(strategy=FSDP2Strategy(save_distributed_checkpoint=False))
+    with pytest.raises(NotImplementedError, match="FSDP2Strategy"):
+        EMA().setup(classic, None, "fit")
+    with pytest.raises(NotImplementedError, match="save_distributed_checkpoint"):
+        EMA().setup(gathered, None, "fit")
+    with pytest.raises(NotImplementedError, match="drop the callback or train with DDP"):
+        Autoguidance(snapshot_step=1).setup(SimpleNamespace(strategy=FSDP2Strategy()), None, "fit")
