@@ -38,9 +38,7 @@ def _tensors(paths) -> torch.Tensor:
 
 
 @pytest.mark.slow  # Inception at 299 px: seconds an image on a CPU
-def test_clean_fid_equals_clean_fids_own_compare_folders_and_a_set_against_itself_is_zero(
-    extractors, tmp_path
-):
+def test_clean_fid_equals_clean_fids_own_compare_folders(extractors, tmp_path):
     real, fake = tmp_path / "real", tmp_path / "fake"
     write_images(real, 2, seed=0)  # two images a set: a covariance, at Inception's seconds per image
     write_images(fake, 2, seed=1, smooth=True)
