@@ -18,8 +18,6 @@ from jf_lightning.models.config import apply_overrides, resolve_config
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 TINY = EXPERIMENTS / "tiny.yaml"
-# Files under experiments/<group>/ are partial configs of that CLI group (e.g. trainer/<preset>.yaml).
-GROUPS = {"trainer", "model", "data"}
 
 
 def all_yamls() -> list[Path]:
@@ -27,10 +25,8 @@ def all_yamls() -> list[Path]:
 
 
 def args_for(path: Path) -> list[str]:
-    group = path.parent.name
-    if path.parent != EXPERIMENTS and group in GROUPS:
-        return ["-c", str(TINY), f"--{group}", str(path)]
-    return ["-c", str(path)]
+    """Top-level recipes alone; the overlays in subfolders (``trainer/fsdp.yaml``) after tiny.yaml."""
+    return ["-c", str(path)] if path.parent == EXPERIMENTS else ["-c", str(TINY), "-c", str(path)]
 
 
 @pytest.fixture(autouse=True)
