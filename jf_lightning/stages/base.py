@@ -34,6 +34,7 @@ from jf_lightning.parallel.fsdp import shard_stage
 from jf_lightning.schedules import TimeMeanSchedule, lr_factor
 from jf_lightning.stages.init_from import InitWeights, load_initial_weights
 from jf_lightning.stages.nonfinite import NonFiniteGuard
+from jf_lightning.stages.unused import allow_unused_parameters
 
 PartGroup = Literal["llm", "siglip", "adapters"]
 
@@ -203,6 +204,7 @@ class JanusFlowStage(LightningModule):
 
     def configure_model(self) -> None:
         # Idempotent: Lightning, load_from_checkpoint and the EMA callback may all call it.
+        allow_unused_parameters(self._trainer)  # DDP: a batch without a data kind leaves parts unused
         if self.model is not None:
             return
         self.model = load_janusflow(self.model_config)
@@ -223,7 +225,8 @@ class JanusFlowStage(LightningModule):
         source = self.hparams.get("init_from")
         if source is None:
             return
-        expected = {key: self.hparams.get(key) for key in ("preset", "ablation", "config")}
+        expected = {key: self.hparams.get(key) for key in ("preset", "ablation")}
+        expected["config"] = dataclasses.asdict(self.model_config)
         rank_zero_info(load_initial_weights(self.model, source, self.hparams.get("init_weights", "ema"), expected))
 
     def trainable_parts(self) -> list[str]:
