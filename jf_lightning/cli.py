@@ -49,7 +49,13 @@ from jf_lightning.callbacks.tracking import check_tracking_server
 from jf_lightning.data.datamodule import JanusFlowDataModule
 from jf_lightning.inputs import PreparedInput, UserInputError, check_ready
 from jf_lightning.models.config import JanusFlowConfig, apply_overrides, config_keys, resolve_config
-from jf_lightning.recipes import config_files, describe_parse_error, expand_bases, user_error_in, with_suggestion
+from jf_lightning.recipes import (
+    config_files,
+    describe_parse_error,
+    expand_bases,
+    user_error_in,
+    with_suggestion,
+)
 from jf_lightning.stages import gradient_balance
 from jf_lightning.stages.base import JanusFlowStage, check_cooldown_fits
 

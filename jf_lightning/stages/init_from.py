@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed.checkpoint as dcp
 from huggingface_hub import snapshot_download
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader, TensorStorageMetadata
 
 from jf_lightning.inputs import UserInputError
 from jf_lightning.models.config import config_from_hparams
@@ -26,6 +28,7 @@ from jf_lightning.models.weights import _OURS_ONLY_PREFIXES, from_release
 InitWeights = Literal["ema", "raw"]
 ARG = "model.init_args.init_from"
 _MODEL_PREFIX = "model."  # the stage's attribute holding the JanusFlow model
+_LIVE = "current_model_state"  # the live weights beside the EMA's (callbacks/ema.py)
 _SHOWN = 3  # names shown per kind of mismatch
 _CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
 
@@ -39,8 +42,8 @@ def load_initial_weights(
     """Load ``source``'s tensors into ``model`` and return a short description for a log line.
 
     ``source`` is, checked in this order, an existing file (a Lightning checkpoint written by ``fit``,
-    or one ``*.safetensors`` file in the released layout), an existing directory in the released
-    layout, or a hub id (``owner/name``) downloaded in that layout. ``weights`` picks a fit
+    or one ``*.safetensors`` file in the released layout), a checkpoint directory written by ``fit``
+    under FSDP2 (read whole, in one process), an existing directory in the released layout, or a hub id (``owner/name``) downloaded in that layout. ``weights`` picks a fit
     checkpoint's EMA (its ``state_dict``) or raw weights (``current_model_state``). ``expected``
     holds this stage's ``preset``, ``ablation`` and ``config``: a checkpoint that recorded other
     ones is named as the likely cause when its tensors do not fit."""
@@ -51,6 +54,8 @@ def load_initial_weights(
         return _load_release(model, source, [path])
     if path.is_file():
         return _load_checkpoint(model, source, path, weights, expected or {})
+    if (path / ".metadata").is_file():  # a sharded checkpoint written by `fit` under FSDP2
+        return _load_sharded(model, source, path, weights)
     if path.is_dir():
         return _load_release(model, source, _safetensors_in(source, path))
     if _hub_id_like(source):
@@ -136,6 +141,32 @@ def _load_checkpoint(model: nn.Module, source: str, path: Path, weights: str, ex
     return f"initial weights from {source} ({which} of a fit checkpoint{at}, {loaded} tensors)"
 
 
+def _load_sharded(model: nn.Module, source: str, path: Path, weights: str) -> str:
+    """The EMA (the module state) or live weights (``current_model_state`` inside it) of a distributed
+    checkpoint directory, read whole into this unsharded model in this one process."""
+    stored = FileSystemReader(str(path)).read_metadata().state_dict_metadata  # flattened key -> metadata
+    live = any(key.startswith(f"state_dict.{_LIVE}.") for key in stored)
+    if weights == "raw" and not live:
+        raise UserInputError(f"{ARG} {source!r} holds one weight set only: set model.init_args.init_weights: ema")
+    prefix = f"state_dict.{_LIVE}.{_MODEL_PREFIX}" if weights == "raw" else f"state_dict.{_MODEL_PREFIX}"
+    names = [
+        key.removeprefix(prefix)
+        for key, meta in stored.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+        and (weights == "raw" or not key.startswith(f"state_dict.{_LIVE}."))
+    ]  # fmt: skip
+    own = model.state_dict()
+    # (empty) tensors of the stored shapes: names and shapes are checked before anything is read
+    shaped = {n: torch.empty(tuple(stored[prefix + n].size), dtype=own[n].dtype if n in own else None) for n in names}
+    _check_fits(model, shaped, source, (), "the checkpoint is likely of another preset, ablation or model config")
+    target = {prefix + name: tensor for name, tensor in shaped.items()}
+    dcp.load(target, checkpoint_id=str(path), no_dist=True)
+    model.load_state_dict({n: target[prefix + n] for n in names}, strict=False)  # covered: checked above
+    loaded = len(names)
+    which = "raw weights" if weights == "raw" else ("EMA weights" if live else "weights")
+    return f"initial weights from {source} ({which} of a sharded fit checkpoint, {loaded} tensors)"
+
+
 def _pick_weights(checkpoint: dict, source: str, weights: str) -> tuple[dict, str]:
     """The state dict ``weights`` asks for, and what it holds in words."""
     if "current_model_state" in checkpoint:
@@ -191,6 +222,14 @@ def _load_checked(
 ) -> int:
     """Load ``state`` into ``model`` if it covers every tensor (but those under ``optional``) with the
     right shapes and holds nothing else; otherwise one error with counts and first names."""
+    _check_fits(model, state, source, optional, cause)
+    model.load_state_dict(state, strict=False)  # only the optional tensors can be absent (checked above)
+    return len(state)
+
+
+def _check_fits(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, optional: tuple[str, ...], cause: str
+) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(optional)]
     unexpected = [k for k in state if k not in own]
@@ -205,5 +244,3 @@ def _load_checked(
                 )
                 parts.append(f"{len(names)} {label} ({shown}{', ...' if len(names) > _SHOWN else ''})")
         raise UserInputError(f"{ARG} {source!r} does not fit this model: {'; '.join(parts)}; {cause}")
-    model.load_state_dict(state, strict=False)  # only the optional tensors can be absent (checked above)
-    return len(state)

@@ -217,3 +217,36 @@ def test_a_missing_path_that_is_no_hub_id_is_refused(source, monkeypatch):
 def test_init_weights_is_checked_at_construction():
     with pytest.raises(ValueError, match="init_weights"):
         PretrainingStage(init_weights="average")
+
+
+# ------------------------------------------------------------------------ sharded (FSDP2) checkpoints
+
+
+def _sharded_like_fit(path, ema: dict, live: dict | None) -> str:
+    """The layout ModelParallelStrategy writes with the EMA callback: the module state (the averages)
+    under ``state_dict``, the live weights inside it under ``current_model_state``, flattened by DCP."""
+    import torch.distributed.checkpoint as dcp
+
+    state = dict(ema) if live is None else {**ema, "current_model_state": dict(live)}
+    dcp.save({"state_dict": state}, checkpoint_id=str(path), no_dist=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("weights", ["ema", "raw"])
+def test_a_sharded_checkpoint_directory_gives_its_ema_or_raw_weights(tmp_path, weights):
+    ema_stage, live_stage = built(PretrainingStage), built(PretrainingStage)
+    for p in ema_stage.parameters():
+        p.data.add_(1.0)  # the two sets differ everywhere
+    ckpt = _sharded_like_fit(tmp_path / "last.ckpt", ema_stage.state_dict(), live_stage.state_dict())
+    stage = built(PretrainingStage, init_from=ckpt, init_weights=weights)
+    expected = (ema_stage if weights == "ema" else live_stage).state_dict()
+    assert stage.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in stage.state_dict().items())
+
+
+def test_a_sharded_checkpoint_of_another_model_is_one_error(tmp_path):
+    narrow = built(PretrainingStage, config=resolve_config("tiny", None, {"llm.intermediate_size": 256}))
+    ckpt = _sharded_like_fit(tmp_path / "last.ckpt", narrow.state_dict(), None)
+    message = _error(init_from=ckpt)
+    assert "12 of another shape" in message and "(256, 128) vs (384, 128)" in message
+    assert "init_weights: ema" in _error(init_from=ckpt, init_weights="raw")
