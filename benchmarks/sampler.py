@@ -12,6 +12,11 @@ which runs the prompt once into a cache and then only the time and latent tokens
 Euler loops run step by step in turn, so that other load on the machine falls on both alike. Shapes are JanusFlow-1.3B's at 384 px (a 48 x 48 x 4
 latent in 2 x 2 patches: 576 tokens), 30 steps, CFG; the LLM and the codec are narrowed so that it runs
 on a laptop CPU. The two outputs must agree (allclose); the script prints both times and the ratio.
+
+The default LLM (2 blocks of width 1024) keeps a step's cost in its matrix products, as in the 1.3B
+model (24 blocks of 2048), where the saving approaches the token ratio (here 833 / 577 = 1.44). A
+narrower one (``--layers 4 --width 256``) spends its step in per-token elementwise work and the
+generation codec, which both paths pay alike, and shows a smaller ratio.
 """
 
 from __future__ import annotations
@@ -72,8 +77,8 @@ def main() -> None:
         "--images", type=int, default=1, help="images per sampler call (CFG doubles the rows)"
     )
     parser.add_argument("--steps", type=int, default=30, help="Euler steps")
-    parser.add_argument("--layers", type=int, default=4, help="LLM blocks of the narrowed model")
-    parser.add_argument("--width", type=int, default=256, help="LLM width of the narrowed model")
+    parser.add_argument("--layers", type=int, default=2, help="LLM blocks of the narrowed model")
+    parser.add_argument("--width", type=int, default=1024, help="LLM width of the narrowed model")
     args = parser.parse_args()
     model = narrowed_model(args.layers, args.width)
     g = torch.Generator().manual_seed(0)
