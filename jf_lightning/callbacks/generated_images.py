@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from jf_lightning.callbacks.evaluation import (
     EvaluationCallback,
@@ -106,6 +107,9 @@ class GeneratedImagesCallback(EvaluationCallback):
             scorer.setup(trainer)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        if not pl_module.model.cfg.generation:  # ablation D: an overlay's callbacks meet a model that cannot draw
+            rank_zero_warn(f"{type(self).__name__}: the model has no generation modules (ablation D): nothing scored")
+            return {}
         share = rank_share(len(self.prompts), trainer.global_rank, trainer.world_size)
         for scorer in self.scorers:
             scorer.reset()
