@@ -76,8 +76,8 @@ def failure_kind(outcome: Outcome) -> str:
     (shapes or counts other than asked)."""
     if outcome.objects == 0:
         return "empty"
-    # evaluate_image words a colour miss as "expected red circle>=1, found 0 red (blue)"
-    return "colour" if "(" in outcome.reason else "objects"
+    # evaluate_image words a colour miss as GenEval does: "expected red circle>=1, found 0 red; and 1 blue"
+    return "colour" if "; and " in outcome.reason else "objects"
 
 
 def summarize_outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
