@@ -114,7 +114,7 @@ def _load_release(model: nn.Module, source: str, files: list[Path]) -> str:
     loaded = _load_checked(
         model, state, source, optional=_OURS_ONLY_PREFIXES,
         cause="the released layout is the janusflow-1.3b preset's final design (ablation F): check "
-        "model.init_args.preset, ablation and overrides",
+        "model.init_args.preset, ablation and config",
     )  # fmt: skip
     kept = sorted({name.split(".")[0] for name in model.state_dict() if name.startswith(_OURS_ONLY_PREFIXES)})
     fresh = f"; {', '.join(kept)} as initialised" if kept else ""
