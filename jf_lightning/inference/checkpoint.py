@@ -92,9 +92,12 @@ def run_data_config(ckpt: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def pick_weights(checkpoint: dict, weights: Weights, source: str) -> tuple[dict, str]:
+def pick_weights(
+    checkpoint: dict, weights: Weights, source: str, fix: str = "use --weights ema"
+) -> tuple[dict, str]:
     """The state dict ``weights`` asks for and what it is, in words: with an EMA the checkpoint's
-    ``state_dict`` holds the averages and ``current_model_state`` the live weights."""
+    ``state_dict`` holds the averages and ``current_model_state`` the live weights. ``fix``: what the
+    error for raw weights a checkpoint lacks tells the user to do."""
     if weights not in ("ema", "raw"):
         raise UserInputError(f"--weights {weights!r}: use ema or raw")
     if "current_model_state" in checkpoint:
@@ -107,7 +110,5 @@ def pick_weights(checkpoint: dict, weights: Weights, source: str) -> tuple[dict,
         for key, value in (checkpoint.get("callbacks") or {}).items()
     )
     if had_ema and weights == "raw":
-        raise UserInputError(
-            f"{source} holds only the EMA weights (no current_model_state): use --weights ema"
-        )
+        raise UserInputError(f"{source} holds only the EMA weights (no current_model_state): {fix}")
     return checkpoint["state_dict"], ("EMA weights" if had_ema else "weights (the run kept no EMA)")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, TensorStorageMetadata
 
+from jf_lightning.inference.checkpoint import pick_weights
 from jf_lightning.inputs import UserInputError
 from jf_lightning.models.config import config_from_hparams
 from jf_lightning.models.weights import _OURS_ONLY_PREFIXES, from_release
@@ -132,7 +133,7 @@ def _load_checkpoint(model: nn.Module, source: str, path: Path, weights: str, ex
         ) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserInputError(f"{ARG} {source!r} has no state_dict: is it a checkpoint written by `fit`?")
-    state, which = _pick_weights(checkpoint, source, weights)
+    state, which = pick_weights(checkpoint, weights, f"{ARG} {source!r}", fix="set model.init_args.init_weights: ema")
     # keys outside the model attribute keep their names and so count as unexpected
     ours = {k.removeprefix(_MODEL_PREFIX): v for k, v in state.items()}
     loaded = _load_checked(model, ours, source, optional=(), cause=_checkpoint_cause(checkpoint, expected))
@@ -165,25 +166,6 @@ def _load_sharded(model: nn.Module, source: str, path: Path, weights: str) -> st
     loaded = len(names)
     which = "raw weights" if weights == "raw" else ("EMA weights" if live else "weights")
     return f"initial weights from {source} ({which} of a sharded fit checkpoint, {loaded} tensors)"
-
-
-def _pick_weights(checkpoint: dict, source: str, weights: str) -> tuple[dict, str]:
-    """The state dict ``weights`` asks for, and what it holds in words."""
-    if "current_model_state" in checkpoint:
-        if weights == "raw":
-            return checkpoint["current_model_state"], "raw weights"
-        return checkpoint["state_dict"], "EMA weights"
-    # One set only: the EMA's when the run averaged (it then merged them into the model), else the raw.
-    had_ema = "averaging_state" in checkpoint or any(
-        key.split("{")[0] == "EMA" and isinstance(value, dict) and value.get("n_averaged", 0) > 0
-        for key, value in (checkpoint.get("callbacks") or {}).items()
-    )
-    if had_ema and weights == "raw":
-        raise UserInputError(
-            f"{ARG} {source!r} holds only the EMA weights (no current_model_state): "
-            "set model.init_args.init_weights: ema"
-        )
-    return checkpoint["state_dict"], ("EMA weights" if had_ema else "weights (the run kept no EMA)")
 
 
 def _checkpoint_cause(checkpoint: dict, expected: dict) -> str:
