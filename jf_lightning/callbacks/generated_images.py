@@ -107,7 +107,8 @@ class GeneratedImagesCallback(EvaluationCallback):
             scorer.setup(trainer)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        if not pl_module.model.cfg.generation:  # ablation D: an overlay's callbacks meet a model that cannot draw
+        cfg = getattr(getattr(pl_module, "model", None), "cfg", None)
+        if cfg is not None and not cfg.generation:  # ablation D: an overlay's callbacks meet a model that cannot draw
             rank_zero_warn(f"{type(self).__name__}: the model has no generation modules (ablation D): nothing scored")
             return {}
         share = rank_share(len(self.prompts), trainer.global_rank, trainer.world_size)
