@@ -61,27 +61,52 @@ class Mask2FormerDetector(Detector):
         colors: str | ClipColorClassifier | None = DEFAULT_CLIP,
         device: str | torch.device = "cpu",
     ):
+        # The models load on first use, not here: a config builds its callbacks (and this detector)
+        # before the CLI checks the run's data, whose missing shards should be the error a user sees.
+        self.source, self.device = model, torch.device(device)
+        self._colors = colors
+        self._model = None
+
+    def load(self) -> Mask2FormerDetector:
+        """Load the segmenter, its processor and the colour model (once)."""
+        if self._model is not None:
+            return self
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         try:
-            self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model).eval().to(device)
-            self.processor = AutoImageProcessor.from_pretrained(model)
+            self._model = Mask2FormerForUniversalSegmentation.from_pretrained(self.source).eval().to(self.device)
+            self.processor = AutoImageProcessor.from_pretrained(self.source)
         except OSError as err:
             raise FileNotFoundError(
-                f"Mask2Former model {model!r} could not be loaded ({str(err).splitlines()[0]}): give a local "
-                f"directory holding a transformers Mask2Former (config.json, weights, "
+                f"Mask2Former model {self.source!r} could not be loaded ({str(err).splitlines()[0]}): give a "
+                f"local directory holding a transformers Mask2Former (config.json, weights, "
                 f"preprocessor_config.json), e.g. a download of {DEFAULT_MASK2FORMER}"
             ) from None
-        self.device = torch.device(device)
-        self.classes = geneval_names(self.model.config.id2label)
-        self.colors = ClipColorClassifier(colors, device) if isinstance(colors, str) else colors
+        self._classes = geneval_names(self._model.config.id2label)
+        if isinstance(self._colors, str):
+            self._colors = ClipColorClassifier(self._colors, self.device)
+        return self
+
+    @property
+    def model(self):
+        return self.load()._model
+
+    @property
+    def classes(self) -> list[str]:
+        """GenEval's object name of each of the model's class ids."""
+        return self.load()._classes
+
+    @property
+    def colors(self) -> ClipColorClassifier | None:
+        return self.load()._colors
 
     def to(self, device: str | torch.device) -> Mask2FormerDetector:
         """Move the segmenter and the colour model (a training rank's GPU)."""
         self.device = torch.device(device)
-        self.model.to(self.device)
-        if self.colors is not None:
-            self.colors.to(self.device)
+        if self._model is not None:
+            self._model.to(self.device)
+            if self._colors is not None and not isinstance(self._colors, str):
+                self._colors.to(self.device)
         return self
 
     @torch.no_grad()
@@ -90,6 +115,7 @@ class Mask2FormerDetector(Detector):
         rgb = [
             np.array(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images
         ]  # writable copies
+        self.load()
         inputs = self.processor(images=rgb, return_tensors="pt")
         out = self.model(pixel_values=inputs["pixel_values"].to(self.device))
         sizes = [im.shape[:2] for im in rgb]

@@ -101,6 +101,6 @@ def test_colour_is_clips_nearest_template_mean(models):
 
 def test_missing_model_names_what_to_give(tmp_path):
     with pytest.raises(FileNotFoundError, match="local directory holding a transformers Mask2Former"):
-        Mask2FormerDetector(str(tmp_path / "nowhere"), colors=None)
+        Mask2FormerDetector(str(tmp_path / "nowhere"), colors=None).load()  # loads on first use
     with pytest.raises(FileNotFoundError, match="transformers CLIP"):
         ClipColorClassifier(str(tmp_path / "nowhere"))
