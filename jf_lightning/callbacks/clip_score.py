@@ -5,12 +5,12 @@ callback's images (its ``clip_model``), which the paper scores both metrics on."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from jf_lightning.callbacks.generated_images import GeneratedImagesCallback, ImageScorer
-from jf_lightning.data.templates import TemplateStyle
 from jf_lightning.metrics.clip_score import DEFAULT_CLIP, clip_score_metric
 from jf_lightning.metrics.prompt_files import balanced_subset, read_prompts
 
@@ -50,14 +50,7 @@ class CLIPScoreCallback(GeneratedImagesCallback):
         num_images: int | None = 10_000,
         model: str = DEFAULT_CLIP,
         key: str = "val/clip_score",
-        steps: int = 30,
-        cfg_weight: float | None = 7.5,
-        seed: int = 0,
-        batch_size: int = 16,
-        template: TemplateStyle | None = None,
-        temperature: float = 1.0,
-        grid_images: int = 16,
-        every_n_steps: int | None = None,
+        **kwargs: Any,
     ):
         """
         Args:
@@ -66,21 +59,13 @@ class CLIPScoreCallback(GeneratedImagesCallback):
             model: The CLIP: a hub id (``openai/clip-vit-large-patch14``, the paper's) or a local
                 ``save_pretrained`` directory.
             key: Metric name.
-            steps: Euler steps of the sampler.
-            cfg_weight: Classifier-free guidance weight.
-            seed: Image ``i`` is drawn with noise seed ``seed + i``.
-            batch_size: Images generated per sampler call, per rank.
-            template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
-            temperature: Scale of the initial noise.
-            grid_images: How many of the first images go into the logged grid.
-            every_n_steps: Run every this many optimizer steps instead of at every validation.
+            kwargs: How the images are drawn (``steps``, ``cfg_weight``, ``seed``, ``batch_size``,
+                ``template``, ``temperature``, ``grid_images``, ``every_n_steps``); see
+                :class:`GeneratedImagesCallback`.
         """
         self.prompt_file, self.num_images = prompts, num_images
         self.clip = CLIPScorer([], model, key)
-        super().__init__(
-            None, [self.clip], steps, cfg_weight, seed, batch_size, template, temperature, grid_images,
-            every_n_steps,
-        )  # fmt: skip
+        super().__init__(None, [self.clip], **kwargs)
 
     def load_prompts(self) -> list[str]:
         self.clip.prompts = [e.text for e in balanced_subset(read_prompts(self.prompt_file), self.num_images)]

@@ -9,6 +9,7 @@ prompts that the reference also has, ``val/time/fid``, and with ``clip_model`` `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,7 +17,6 @@ import torch
 from jf_lightning.callbacks.clip_score import CLIPScorer
 from jf_lightning.callbacks.evaluation import gather_rows
 from jf_lightning.callbacks.generated_images import GeneratedImagesCallback, ImageScorer
-from jf_lightning.data.templates import TemplateStyle
 from jf_lightning.metrics.fid import InceptionFeatures, feature_extractor, fid_scores, reference_stats
 from jf_lightning.metrics.prompt_files import balanced_subset, read_prompts
 
@@ -96,14 +96,7 @@ class FIDCallback(GeneratedImagesCallback):
         dims: int = 2048,
         per_category: bool = True,
         clip_model: str | None = None,
-        steps: int = 30,
-        cfg_weight: float | None = 7.5,
-        seed: int = 0,
-        batch_size: int = 16,
-        template: TemplateStyle | None = None,
-        temperature: float = 1.0,
-        grid_images: int = 16,
-        every_n_steps: int | None = None,
+        **kwargs: Any,
     ):
         """
         Args:
@@ -121,31 +114,16 @@ class FIDCallback(GeneratedImagesCallback):
                 64 / 192 / 768 (cheap, not comparable with published FIDs).
             per_category: Also ``<prefix>/<category>`` (each a 2048 x 2048 matrix square root on the CPU).
             clip_model: Also log ``val/clip_score`` on the same images with this CLIP (hub id or folder).
-            steps: Euler steps of the sampler (the paper: 30).
-            cfg_weight: Classifier-free guidance weight (the ablations: 7.5; the main table: 2).
-            seed: Image ``i`` is drawn with noise seed ``seed + i``.
-            batch_size: Images generated (and featurised) per call, per rank.
-            template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
-            temperature: Scale of the initial noise.
-            grid_images: How many of the first images go into the logged grid.
-            every_n_steps: Run every this many optimizer steps instead of at every validation.
+            kwargs: How the images are drawn: ``steps`` (the paper: 30), ``cfg_weight`` (the ablations:
+                7.5; the main table: 2), ``seed``, ``batch_size`` (images generated and featurised per
+                call, per rank), ``template``, ``temperature``, ``grid_images``, ``every_n_steps``; see
+                :class:`GeneratedImagesCallback`.
         """
         self.prompt_file, self.num_images = prompts, num_images
         self.fid = FIDScorer(reference, [], prefix, backend, weights, mode, cache_dir, dims, per_category)
         self.clip = CLIPScorer([], clip_model) if clip_model is not None else None
         scorers: list[ImageScorer] = [self.fid] + ([self.clip] if self.clip else [])
-        super().__init__(
-            None,
-            scorers,
-            steps,
-            cfg_weight,
-            seed,
-            batch_size,
-            template,
-            temperature,
-            grid_images,
-            every_n_steps,
-        )
+        super().__init__(None, scorers, **kwargs)
 
     def load_prompts(self) -> list[str]:
         entries = balanced_subset(read_prompts(self.prompt_file), self.num_images)

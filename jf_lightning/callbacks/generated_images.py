@@ -80,7 +80,7 @@ class GeneratedImagesCallback(EvaluationCallback):
             template: Prompt template (``pretrain`` / ``sft``); null takes the datamodule's.
             temperature: Scale of the initial noise.
             grid_images: How many of the first images go into the logged grid (0: none).
-            every_n_steps: See :class:`EvaluationCallback`.
+            every_n_steps: Run every this many optimizer steps instead of at every validation.
         """
         super().__init__(every_n_steps)
         if prompts is not None and not prompts:

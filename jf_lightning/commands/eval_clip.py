@@ -5,27 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jf_lightning.commands.results import add_result_arguments, report
+from jf_lightning.commands.results import parse_image_folder_args, report
 
 HELP = "CLIP score (torchmetrics, CLIP ViT-L/14) of a folder of images with their prompts"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jf eval clip", description=HELP)
-    p.add_argument(
-        "--images", type=Path, required=True, help="folder of generated images (searched recursively)"
-    )
+def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=Path, required=True,
                    help="the images' prompts: a JSON file by file stem (MJHQ's meta_data.json), a folder in "
                         "GenEval's layout (<n>/metadata.jsonl), or a text file of one line per image in sorted "
                         "order")  # fmt: skip
     p.add_argument("--model", default="openai/clip-vit-large-patch14", help="CLIP hub id or local directory")
     p.add_argument("--key", default="val/clip_score", help="metric name (default val/clip_score)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None, help="default: cuda when available")
-
-    add_result_arguments(p)
-    return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -49,5 +40,5 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+    args = parse_image_folder_args("jf eval clip", HELP, argv, add_clip_arguments)
     report("jf eval clip", args, lambda: run(args))

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jf_lightning.commands.results import add_result_arguments, report
+from jf_lightning.commands.results import parse_image_folder_args, report
 
 HELP = "FID of a folder of images against real images (a folder, or MJHQ-30K) or a statistics file"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jf eval fid", description=HELP)
-    p.add_argument(
-        "--images", type=Path, required=True, help="folder of generated images (searched recursively)"
-    )
+def add_fid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", type=Path, required=True,
                    help="real images (a folder; MJHQ-30K's mjhq30k_imgs with meta_data.json in or beside it "
                         "adds per-category FID) or an .npz statistics file (ours or clean-fid's)")  # fmt: skip
@@ -32,12 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--cache-dir", type=Path, help="reference statistics cache (default ~/.cache/jf_lightning/fid)"
     )
     p.add_argument("--prefix", default="val/fid/mjhq", help="metric name (default val/fid/mjhq)")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="image-reading processes")
-    p.add_argument("--device", default=None, help="default: cuda when available")
-
-    add_result_arguments(p)
-    return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -60,5 +51,5 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+    args = parse_image_folder_args("jf eval fid", HELP, argv, add_fid_arguments)
     report("jf eval fid", args, lambda: run(args))

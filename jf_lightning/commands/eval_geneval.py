@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-from jf_lightning.commands.chat import merge_parts
 from jf_lightning.commands.model_source import Launch, device_for
+from jf_lightning.commands.results import add_result_arguments, merged_rows, report_summary
 from jf_lightning.inputs import UserInputError
 
 
@@ -70,13 +69,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         )
     parser.add_argument("--max-objects", type=int, default=16, help="GenEval's max_objects per class")
     parser.add_argument("--prefix", default="val/geneval", help="MLflow metric prefix (default val/geneval)")
-    mlflow = parser.add_argument_group("MLflow (when asked)")
-    mlflow.add_argument("--mlflow-run", help="log the scores into this MLflow run (its id)")
-    mlflow.add_argument("--experiment", help="log the scores into a new MLflow run of this experiment")
-    mlflow.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
-    )
-    mlflow.add_argument("--step", type=int, default=0, help="the step the scores are logged at (default 0)")
+    add_result_arguments(parser, out=False)
     return parser.parse_args(argv)
 
 
@@ -105,14 +98,9 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             path, spec = items[i]
             ok, why, grouped = score_image(detector, image, spec, options, detections=found)
             lines.append(json.dumps({**result_row(str(path), spec, ok, why, grouped), "_index": i}) + "\n")
-    out = Path(args.out or Path(args.images) / "results.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f"{out.name}.rank{launch.rank}")
-    part.with_name(part.name + ".tmp").write_text("".join(lines), encoding="utf-8")
-    part.with_name(part.name + ".tmp").replace(part)
-    if not merge_parts(out, launch.world_size, len(items)):
+    rows = merged_rows(Path(args.out or Path(args.images) / "results.jsonl"), launch, lines, len(items))
+    if rows is None:
         return None
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     summary = summary_scores(rows)
     Path(args.summary or Path(args.images) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -131,15 +119,7 @@ def format_summary(summary: dict) -> str:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    try:
-        summary = evaluate(args)
-    except (UserInputError, FileNotFoundError) as err:
-        sys.exit(f"jf eval geneval: error: {err}")
-    if summary is None:
-        return
-    print(format_summary(summary))
-    if args.mlflow_run or args.experiment:
-        from jf_lightning.commands.results import log_to_mlflow
-
-        metrics = {f"{args.prefix}/{task}": score for task, score in summary["tasks"].items()}
-        print(f"logged into MLflow run {log_to_mlflow(args, metrics, 'jf-eval-geneval')}", file=sys.stderr)
+    report_summary(
+        "jf eval geneval", args, lambda: evaluate(args), format_summary,
+        lambda summary: {f"{args.prefix}/{task}": score for task, score in summary["tasks"].items()},
+    )  # fmt: skip

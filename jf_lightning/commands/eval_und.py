@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from jf_lightning.commands.chat import merge_parts
 from jf_lightning.commands.model_source import Launch, add_model_arguments, load_for_inference, precision
+from jf_lightning.commands.results import add_result_arguments, merged_rows, report_summary
 from jf_lightning.inputs import UserInputError
 
 
@@ -34,13 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per decoding call")
     add_model_arguments(parser)
-    mlflow = parser.add_argument_group("MLflow (when asked)")
-    mlflow.add_argument("--mlflow-run", help="log the scores into this MLflow run (its id)")
-    mlflow.add_argument("--experiment", help="log the scores into a new MLflow run of this experiment")
-    mlflow.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
-    )
-    mlflow.add_argument("--step", type=int, default=0, help="the step the scores are logged at (default 0)")
+    add_result_arguments(parser, out=False)
     return parser.parse_args(argv)
 
 
@@ -68,14 +61,9 @@ def evaluate(args: argparse.Namespace) -> dict | None:
                     "question_type": questions[i].question_type, "_index": i}) + "\n"
         for i, a in zip(mine, answers, strict=True)
     ]  # fmt: skip
-    out = Path(args.out or f"{args.name}_answers.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f"{out.name}.rank{launch.rank}")
-    part.with_name(part.name + ".tmp").write_text("".join(lines), encoding="utf-8")
-    part.with_name(part.name + ".tmp").replace(part)
-    if not merge_parts(out, launch.world_size, len(questions)):
+    rows = merged_rows(Path(args.out or f"{args.name}_answers.jsonl"), launch, lines, len(questions))
+    if rows is None:
         return None
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     scores = benchmark_scores(args.rule, [r["answer"] for r in rows], [r["references"] for r in rows])
     summary = {"benchmark": args.name, "rule": args.rule, "questions": len(rows),
                **{(f"{args.name}/{k}" if k else args.name): v for k, v in scores.items()}}  # fmt: skip
@@ -85,15 +73,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    try:
-        summary = evaluate(args)
-    except (UserInputError, FileNotFoundError) as err:
-        sys.exit(f"jf eval und: error: {err}")
-    if summary is None:
-        return
-    print(json.dumps(summary, indent=2))
-    if args.mlflow_run or args.experiment:
-        from jf_lightning.commands.results import log_to_mlflow
-
-        metrics = {f"val/und/{k}": v for k, v in summary.items() if k.split("/")[0] == args.name}
-        print(f"logged into MLflow run {log_to_mlflow(args, metrics, 'jf-eval-und')}", file=sys.stderr)
+    report_summary(
+        "jf eval und", args, lambda: evaluate(args), lambda summary: json.dumps(summary, indent=2),
+        lambda summary: {f"val/und/{k}": v for k, v in summary.items() if k.split("/")[0] == args.name},
+    )  # fmt: skip

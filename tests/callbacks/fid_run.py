@@ -11,27 +11,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for `tests.` imports
 
 from jf_lightning.callbacks.fid import FIDCallback
-from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
-from jf_lightning.stages.base import JanusFlowStage
-
-
-class Stage(JanusFlowStage):
-    def validation_step(self, batch, batch_idx):
-        pass
-
-
-class Data(pl.LightningDataModule):
-    def __init__(self):
-        super().__init__()
-        self.tokenizer, self.template = build_shapes_tokenizer(), "pretrain"
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+from tests.callbacks.tiny_stage import TinyData, TinyStage
 
 
 def main() -> None:
@@ -41,7 +25,7 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=1)
     args = p.parse_args()
     torch.manual_seed(0)  # the same random model on every rank
-    stage = Stage(preset="tiny", lr=0.1, warmup_steps=1)
+    stage = TinyStage(preset="tiny", lr=0.1, warmup_steps=1)
     stage.configure_model()
     fid = FIDCallback(
         args.prompts, args.reference, num_images=None, backend="torchmetrics", weights=args.extractors, dims=64,
@@ -53,7 +37,7 @@ def main() -> None:
         callbacks=[fid], logger=False, default_root_dir=Path(args.out).parent, enable_progress_bar=False,
         enable_model_summary=False,
     )  # fmt: skip
-    (results,) = trainer.validate(stage, datamodule=Data(), verbose=False)
+    (results,) = trainer.validate(stage, datamodule=TinyData(val_rows=2), verbose=False)
     if trainer.is_global_zero:
         Path(args.out).write_text(json.dumps({k: float(v) for k, v in results.items()}))
 

@@ -7,35 +7,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
-from torch.utils.data import DataLoader, TensorDataset
 
 from jf_lightning.callbacks.ema import EMA
 from jf_lightning.callbacks.geneval import GenEvalCallback
 from jf_lightning.metrics.geneval import GENEVAL_TASKS, GenEvalMetadataFile
 from jf_lightning.metrics.mask2former_detector import Mask2FormerDetector
-from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
-from jf_lightning.stages.base import JanusFlowStage
+from tests.callbacks.tiny_stage import TinyData, TinyStage
 from tests.metrics.tiny_eval_models import save_tiny_clip, save_tiny_mask2former
-
-
-class TinyStage(JanusFlowStage):
-    def training_step(self, batch, batch_idx):
-        return self.model.vision_gen_dec_aligner.weight.square().mean()
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-
-class TinyData(pl.LightningDataModule):
-    def __init__(self):
-        super().__init__()
-        self.tokenizer, self.template = build_shapes_tokenizer(), "pretrain"
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(torch.zeros(1, 1)), batch_size=1)
 
 
 @pytest.mark.slow

@@ -5,12 +5,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from jf_lightning.callbacks.understanding import Benchmark, UnderstandingBenchmarkCallback
 from jf_lightning.data.questions import ShardQuestions
-from jf_lightning.shapes.tokenizer import build_shapes_tokenizer
-from jf_lightning.stages.base import JanusFlowStage
+from tests.callbacks.tiny_stage import TinyData, TinyStage
 from tests.metrics.tiny_eval_models import write_llava_shard as write_shard
 
 
@@ -38,23 +36,6 @@ def test_shard_questions_read_the_llava_layout(shards):
     assert qs[0].references == ("2",) * 4 + ("3",) * 6 and qs[1].references == ("red",)
     assert qs[0].question_type == "count" and qs[0].image.size == (20, 24)
     assert len(ShardQuestions(shards[0], limit=2).questions(32)) == 2
-
-
-class TinyStage(JanusFlowStage):
-    def training_step(self, batch, batch_idx):
-        return self.model.vision_gen_dec_aligner.weight.square().mean()
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-
-class TinyData(pl.LightningDataModule):
-    def __init__(self):
-        super().__init__()
-        self.tokenizer, self.template = build_shapes_tokenizer(), "pretrain"
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(torch.zeros(1, 1)), batch_size=1)
 
 
 def _validate(tmp_path, callback):
