@@ -148,8 +148,9 @@ def usable_rgb(image: Image.Image) -> Image.Image:
     """Any PIL image -> 8-bit RGB, as the camera meant it: EXIF orientation applied; transparency
     composited on white (what a transparent picture shows on a page); 16-bit and 32-bit integer
     greyscale scaled to 8 bits (PIL's own ``convert`` clips them, making most pixels white); CMYK and
-    palettes through PIL's conversions."""
-    image = ImageOps.exif_transpose(image)
+    palettes through PIL's conversions. Orientation is applied to ``image`` itself (the decoder's own
+    image)."""
+    ImageOps.exif_transpose(image, in_place=True)  # its copy of an upright image costs 5% of a decode
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         wide = np.asarray(image, dtype=np.float64)  # (H, W)
         top = 65535.0 if image.mode.startswith("I;16") or wide.max(initial=0) > 255 else 255.0

@@ -177,3 +177,33 @@ def test_tokenizer_without_image_tags_is_refused(tokenizer):
 
     with pytest.raises(ValueError, match="begin_of_image"):
         Templater(NoTags(), T_UND, T_GEN)
+
+
+def _byte_level_bpe():
+    """A small byte-level BPE tokenizer (the GPT-2 / Llama-3 family's pre-tokenizer) with the image tags."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<bos>", "<eos>", "<pad>", "<begin_of_image>", "<end_of_image>", "<image_placeholder>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["a red square above a blue circle", "What colour is the shape? Answer: green.", "ünïcödé tëxt"] * 50
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=special))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        additional_special_tokens=special[3:],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["shapes", "byte_level_bpe"])
+def test_encode_gives_the_tokenizers_own_ids(tokenizer, which):
+    tok = tokenizer if which == "shapes" else _byte_level_bpe()
+    templater = Templater(tok, T_UND, T_GEN)
+    assert templater._backend is not None  # the fast path is the one under test
+    texts = [
+        "a red square", " a red square", "\n\nAssistant:", "User: what colour?", "two  spaces",
+        "ünïcödé tëxt 🙂", "<image_placeholder> inside text", "what is <begin_of_image> here", "",
+    ]  # fmt: skip
+    for text in texts:
+        assert templater.encode(text) == (tok.encode(text, add_special_tokens=False) if text else [])

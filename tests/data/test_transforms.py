@@ -1,7 +1,19 @@
+import numpy as np
+import pytest
 import torch
+import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from jf_lightning.data.transforms import PAD_GREY, gen_transform, und_transform
+from jf_lightning.data.transforms import (
+    PAD_GREY,
+    gen_square,
+    gen_transform,
+    stack_squares,
+    und_resize_and_pad,
+    und_square,
+    und_transform,
+    unit_range,
+)
 
 GREY = PAD_GREY / 127.5 - 1.0
 RED = torch.tensor([1.0, -1.0, -1.0])
@@ -51,3 +63,46 @@ def test_gen_upscales_a_small_image_to_cover_the_square():
     out = gen_transform(Image.new("RGB", (12, 6), (0, 0, 255)), 16, torch.Generator().manual_seed(0))
     assert out.shape == (3, 16, 16)
     assert torch.allclose(out[2], torch.ones(16, 16), atol=1e-6)
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth colour fields with grain: the kind of picture a resize filter is judged on."""
+    rng = np.random.default_rng(seed)
+    fields = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    grain = rng.normal(0, 12, (height, width, 3))  # (H, W, 3)
+    return Image.fromarray(np.uint8(np.clip(np.asarray(fields, dtype=np.float32) + grain, 0, 255)))
+
+
+@pytest.mark.parametrize("size", [(40, 20), (10, 40), (16, 16), (7, 3)])
+def test_the_loader_squares_have_the_released_geometry(size):
+    image = Image.new("RGB", size, (200, 30, 90))  # one colour: both filters give it exactly
+    assert torch.equal(unit_range(und_square(image, 16)), und_transform(image, 16))
+
+
+def test_the_loader_resize_stays_within_two_levels_of_pils():
+    for seed, size in enumerate([(512, 384), (384, 512), (300, 200)]):
+        image = _photo(*size, seed=seed)
+        ours = und_square(image, 128).int()  # (3, S, S)
+        released = F.pil_to_tensor(und_resize_and_pad(image, 128)).int()
+        diff = (ours - released).abs()
+        assert diff.max() <= 2 and (diff > 0).float().mean() < 0.01
+
+
+def test_squares_are_views_of_channels_last_memory_and_stack_to_the_same_values():
+    image = _photo(60, 40)
+    squares = [und_square(image, 32), gen_square(image, 32, torch.Generator().manual_seed(1))]
+    for square in squares:
+        assert square.shape == (3, 32, 32) and square.dtype == torch.uint8
+        assert square.permute(1, 2, 0).is_contiguous()  # (S, S, 3) memory
+    batch = stack_squares(squares)  # (2, 3, S, S)
+    assert torch.equal(batch, torch.stack(squares))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    floats = unit_range(batch)
+    assert floats.is_contiguous() and torch.equal(floats, torch.stack([unit_range(s) for s in squares]))
+
+
+def test_gen_square_without_a_generator_crops_the_centre():
+    image = _ramp(64, 16)
+    centre = gen_square(image, 16, None)
+    full = F.pil_to_tensor(image.convert("RGB"))  # (3, 16, 64): no resize, short side is 16
+    assert torch.equal(centre, full[:, :, 24:40])

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 import yaml
 from PIL import Image
-from torchvision.transforms.v2 import InterpolationMode
 
-from jf_lightning.data.transforms import unit_range
+from jf_lightning.data.transforms import gen_transform
 from jf_lightning.inputs import UserInputError
 from jf_lightning.models.config import (
     JanusFlowConfig,
@@ -37,17 +35,9 @@ from jf_lightning.models.vae import build_vae
 
 
 def centre_crop_transform(image: Image.Image, image_size: int) -> torch.Tensor:
-    """``gen_transform`` with the crop at the centre: the same resize of the short side (bicubic,
-    antialiased, never below ``image_size``), then offsets ``(new - image_size) // 2``.
-
-    Returns (3, image_size, image_size) float in [-1, 1]."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = image_size / min(width, height)
-    new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
-    image = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    image = F.crop(image, (new_h - image_size) // 2, (new_w - image_size) // 2, image_size, image_size)
-    return unit_range(F.pil_to_tensor(image))
+    """``gen_transform`` with the crop at the centre (offsets ``(new - image_size) // 2``): the same
+    resize of the short side as training. Returns (3, image_size, image_size) float in [-1, 1]."""
+    return gen_transform(image, image_size, None)
 
 
 def check_loadable(cfg: JanusFlowConfig) -> None:
