@@ -106,3 +106,9 @@ def test_gen_square_without_a_generator_crops_the_centre():
     centre = gen_square(image, 16, None)
     full = F.pil_to_tensor(image.convert("RGB"))  # (3, 16, 64): no resize, short side is 16
     assert torch.equal(centre, full[:, :, 24:40])
+
+
+def test_an_image_already_at_the_size_is_copied_exactly_by_both_paths():
+    image = _photo(32, 32)  # the shapes world renders at the model's size: no resize anywhere
+    assert torch.equal(unit_range(und_square(image, 32)), und_transform(image, 32))
+    assert torch.equal(gen_square(image, 32, torch.Generator().manual_seed(0)), F.pil_to_tensor(image))
