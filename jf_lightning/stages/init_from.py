@@ -56,7 +56,7 @@ def load_initial_weights(
     if path.is_file():
         return _load_checkpoint(model, source, path, weights, expected or {})
     if (path / ".metadata").is_file():  # a sharded checkpoint written by `fit` under FSDP2
-        return _load_sharded(model, source, path, weights)
+        return _load_sharded(model, source, path, weights, expected or {})
     if path.is_dir():
         return _load_release(model, source, _safetensors_in(source, path))
     if _hub_id_like(source):
@@ -142,9 +142,10 @@ def _load_checkpoint(model: nn.Module, source: str, path: Path, weights: str, ex
     return f"initial weights from {source} ({which} of a fit checkpoint{at}, {loaded} tensors)"
 
 
-def _load_sharded(model: nn.Module, source: str, path: Path, weights: str) -> str:
+def _load_sharded(model: nn.Module, source: str, path: Path, weights: str, expected: dict) -> str:
     """The EMA (the module state) or live weights (``current_model_state`` inside it) of a distributed
     checkpoint directory, read whole into this unsharded model in this one process."""
+    meta = _sharded_meta(path)
     stored = FileSystemReader(str(path)).read_metadata().state_dict_metadata  # flattened key -> metadata
     live = any(key.startswith(f"state_dict.{_LIVE}.") for key in stored)
     if weights == "raw" and not live:
@@ -159,13 +160,24 @@ def _load_sharded(model: nn.Module, source: str, path: Path, weights: str) -> st
     own = model.state_dict()
     # (empty) tensors of the stored shapes: names and shapes are checked before anything is read
     shaped = {n: torch.empty(tuple(stored[prefix + n].size), dtype=own[n].dtype if n in own else None) for n in names}
-    _check_fits(model, shaped, source, (), "the checkpoint is likely of another preset, ablation or model config")
+    _check_fits(model, shaped, source, (), _checkpoint_cause(meta, expected))
     target = {prefix + name: tensor for name, tensor in shaped.items()}
     dcp.load(target, checkpoint_id=str(path), no_dist=True)
     model.load_state_dict({n: target[prefix + n] for n in names}, strict=False)  # covered: checked above
     loaded = len(names)
     which = "raw weights" if weights == "raw" else ("EMA weights" if live else "weights")
-    return f"initial weights from {source} ({which} of a sharded fit checkpoint, {loaded} tensors)"
+    at = f" at step {meta['global_step']}" if meta.get("global_step") is not None else ""
+    return f"initial weights from {source} ({which} of a sharded fit checkpoint{at}, {loaded} tensors)"
+
+
+def _sharded_meta(path: Path) -> dict:
+    """What Lightning saves beside the shards (``meta.pt``: hyperparameters, step), or {} when it is
+    absent or would need unpickling objects (the tensor names must then say what does not fit)."""
+    try:
+        meta = torch.load(path / "meta.pt", weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 - missing or not weights-only: the error loses its hint, nothing else
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _checkpoint_cause(checkpoint: dict, expected: dict) -> str:

@@ -4,6 +4,8 @@ not fit are one error naming init_from, the counts and the likely cause."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -15,6 +17,7 @@ from jf_lightning.models.config import resolve_config
 from jf_lightning.models.weights import export_safetensors
 from jf_lightning.stages import AdaptationStage, PretrainingStage
 from jf_lightning.stages import init_from as init_from_module
+from jf_lightning.stages.init_from import load_initial_weights
 from tests.stages.conftest import built, tiny_batch
 
 PROBE = "model.vision_gen_dec_aligner.weight"  # trained in stage 1
@@ -222,13 +225,16 @@ def test_init_weights_is_checked_at_construction():
 # ------------------------------------------------------------------------ sharded (FSDP2) checkpoints
 
 
-def _sharded_like_fit(path, ema: dict, live: dict | None) -> str:
+def _sharded_like_fit(path, ema: dict, live: dict | None, meta: dict | None = None) -> str:
     """The layout ModelParallelStrategy writes with the EMA callback: the module state (the averages)
-    under ``state_dict``, the live weights inside it under ``current_model_state``, flattened by DCP."""
+    under ``state_dict``, the live weights inside it under ``current_model_state``, flattened by DCP;
+    the rest of the checkpoint (``meta``) in ``meta.pt``."""
     import torch.distributed.checkpoint as dcp
 
     state = dict(ema) if live is None else {**ema, "current_model_state": dict(live)}
     dcp.save({"state_dict": state}, checkpoint_id=str(path), no_dist=True)
+    if meta is not None:
+        torch.save(meta, Path(path) / "meta.pt")
     return str(path)
 
 
@@ -249,4 +255,15 @@ def test_a_sharded_checkpoint_of_another_model_is_one_error(tmp_path):
     ckpt = _sharded_like_fit(tmp_path / "last.ckpt", narrow.state_dict(), None)
     message = _error(init_from=ckpt)
     assert "12 of another shape" in message and "(256, 128) vs (384, 128)" in message
+    assert "likely of another preset" in message  # no meta.pt: nothing recorded to name
     assert "init_weights: ema" in _error(init_from=ckpt, init_weights="raw")
+
+
+def test_a_sharded_checkpoint_names_the_config_key_it_was_trained_with(tmp_path):
+    narrow = built(PretrainingStage, config=resolve_config("tiny", None, {"llm.intermediate_size": 256}))
+    meta = {"hyper_parameters": dict(narrow.hparams), "global_step": 7}
+    ckpt = _sharded_like_fit(tmp_path / "last.ckpt", narrow.state_dict(), None, meta)
+    assert "config.llm.intermediate_size 256 (this stage: 384)" in _error(init_from=ckpt)
+    stage_meta = {"hyper_parameters": dict(built(PretrainingStage).hparams), "global_step": 7}
+    fitting = _sharded_like_fit(tmp_path / "fits.ckpt", built(PretrainingStage).state_dict(), None, stage_meta)
+    assert "at step 7" in load_initial_weights(built(PretrainingStage).model, fitting)
