@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.data.conftest import png, write_shard
+from tests.data.test_hostile import hostile_und as hostile_records
+from tests.data.test_hostile import truncated
+
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 # A smaller world and SigLIP and cheaper evaluation callbacks than tiny.yaml's (a second -c replaces the
 # prepare and trainer.callbacks lists); the autoguide snapshot at step 2 is used by the validation at
@@ -116,13 +120,22 @@ def test_fit_then_validate_logs_to_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_fit_on_two_ddp_processes(tmp_path):
-    # The same config on 2 CPU processes (DDP over gloo): one MLflow run, logged by rank 0 alone.
+def test_fit_on_two_ddp_processes_through_hostile_shards(tmp_path):
+    # The same config on 2 CPU processes (DDP over gloo), with a hostile shard beside each real source
+    # of images: one MLflow run, logged by rank 0 alone, that finishes and holds the skip counts.
     (tmp_path / "small.yaml").write_text(SMALL)
     jf(tmp_path, "prepare", "-c", str(TINY), "-c", "small.yaml")
+    marker = tmp_path / "unpickled"
+    (tmp_path / "hostile").mkdir()
+    hostile_und = write_shard(tmp_path / "hostile" / "und-0.tar", hostile_records(png, marker))
+    blue = [{"__key__": f"g{i}", "png": png((30, 70, 230), (40, 30)), "txt": b"a blue square"} for i in range(3)]
+    hostile_gen = truncated(tmp_path / "hostile" / "gen-0.tar", blue, write_shard, keep=0.55)  # 2 records, then cut
+    sources = [f"{{urls: data/shapes/{kind}/train-*.tar, kind: {kind}}}" for kind in ("und", "gen", "text")]
+    sources += [f"{{urls: {hostile_und}, kind: und}}", f"{{urls: {hostile_gen}, kind: gen}}"]
+    (tmp_path / "hostile.yaml").write_text("data:\n  sources:\n" + "".join(f"    - {s}\n" for s in sources))
     overrides = [o for o in OVERRIDES if not o.startswith(("--data.val_batches", "--trainer.devices", "--trainer.strategy"))]
-    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", *overrides, "--data.val_batches=2",
-             "--trainer.strategy=ddp", "--trainer.devices=2")  # fmt: skip
+    out = jf(tmp_path, "fit", "-c", str(TINY), "-c", "small.yaml", "-c", "hostile.yaml", *overrides,
+             "--data.val_batches=2", "--trainer.strategy=ddp", "--trainer.devices=2")  # fmt: skip
     assert out.count("MLflow run ") == 1, out[-3000:]
     run_id = re.search(r"MLflow run (\w+)", out).group(1)
     assert Path(re.search(r"checkpoint: (\S+)", out).group(1)).is_file()
@@ -132,3 +145,7 @@ def test_fit_on_two_ddp_processes(tmp_path):
     for key in ("val/rf_loss", "val/und_accuracy", "val/shapes_geneval/overall"):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(run_id, "train/loss")) == 3
+    skipped = {k.removeprefix("data/skipped/"): v for k, v in run.data.metrics.items() if k.startswith("data/skipped/")}
+    for reason in ("bad_image", "bad_json", "missing_member", "bad_text", "empty_text", "too_long", "truncated_shard"):
+        assert skipped.get(reason, 0) >= 1, (reason, skipped)
+    assert not marker.exists()  # the hostile shard's pickle members never ran
