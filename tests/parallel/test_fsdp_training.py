@@ -21,6 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from jf_lightning.inputs import UserInputError
+from jf_lightning.models.config import resolve_config
+from jf_lightning.stages import PretrainingStage
+from jf_lightning.stages.init_from import load_initial_weights
+from tests.stages.conftest import built
+
 SCRIPT = Path(__file__).with_name("fit_run.py")
 ROOT = Path(__file__).parents[2]
 STEPS = 20
@@ -109,3 +115,11 @@ def test_fsdp_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
     assert all(resumed[step] == whole[step] for step in resumed), (resumed, whole)
     averages = torch.load(tmp_path / "whole" / "weights.pt", weights_only=True)
     assert max_difference(torch.load(tmp_path / "resumed" / "weights.pt", weights_only=True), averages) == 0.0
+
+    # The directory also starts a new stage (init_from reads it whole, in one process): Lightning's
+    # meta.pt beside the shards loads without unpickling objects, so the step is named, and a stage of
+    # another shape is told which config key differs.
+    assert "at step 6, " in load_initial_weights(built(PretrainingStage).model, str(last))
+    narrow = resolve_config("tiny", None, {"llm.intermediate_size": 256})
+    with pytest.raises(UserInputError, match=r"config\.llm\.intermediate_size 384 \(this stage: 256\)"):
+        built(PretrainingStage, config=narrow, init_from=str(last))
