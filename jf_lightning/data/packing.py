@@ -23,6 +23,8 @@ def _positions_and_segments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(position_ids, segment_ids), each (R, L) long: positions restart at 0 for every sample and for
     the trailing padding; segments number a row's samples 1, 2, ... and the padding 0."""
+    if not rows:
+        return torch.zeros(0, seq_len, dtype=torch.long), torch.zeros(0, seq_len, dtype=torch.long)
     spans, segments = [], []  # per row: its samples' lengths then the padding's
     for row in rows:
         used = [lengths[i] for i in row]
@@ -33,6 +35,11 @@ def _positions_and_segments(
     positions = torch.arange(len(rows) * seq_len) - torch.repeat_interleave(starts, span)
     segment_ids = torch.repeat_interleave(torch.cat(segments), span)
     return positions.view(len(rows), seq_len), segment_ids.view(len(rows), seq_len)
+
+
+def _tensor(values: array, dtype: torch.dtype, shape: tuple[int, int]) -> torch.Tensor:
+    """A tensor sharing ``values``' memory (frombuffer refuses an empty buffer)."""
+    return torch.frombuffer(values, dtype=dtype).view(shape) if len(values) else torch.zeros(shape, dtype=dtype)
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -133,11 +140,11 @@ def pack(
     gen = sorted(placed["gen"], key=lambda p: p[:2])
     gen_pixels, gen_latents, repa_targets = _gen_tensors([p[2] for p in gen], image_size, normalise)
     return PackedBatch(
-        input_ids=torch.frombuffer(ids, dtype=torch.long).view(shape),  # (R, L)
+        input_ids=_tensor(ids, torch.long, shape),  # (R, L)
         position_ids=position_ids,
         segment_ids=segment_ids,
-        labels=torch.frombuffer(labels, dtype=torch.long).view(shape),  # (R, L)
-        key_mask=torch.frombuffer(key_mask, dtype=torch.bool).view(shape),  # (R, L)
+        labels=_tensor(labels, torch.long, shape),  # (R, L)
+        key_mask=_tensor(key_mask, torch.bool, shape),  # (R, L)
         und_pixels=_stack_images([p[2] for p in und], image_size, normalise),
         und_slots=torch.tensor([p[:2] for p in und], dtype=torch.long).reshape(-1, 2),  # (N_und, 2)
         gen_pixels=gen_pixels,

@@ -114,6 +114,13 @@ def test_empty_kinds_keep_their_rank(tpl):
     assert batch.gen_pixels.shape == (0, 3, S, S) and batch.gen_prompt_dropped.shape == (0,)
 
 
+def test_no_samples_pack_into_no_rows(tpl):
+    batch = pack([], seq_len=8, pad_id=tpl.pad, image_size=S)
+    for name in ("input_ids", "position_ids", "segment_ids", "labels", "key_mask"):
+        assert getattr(batch, name).shape == (0, 8), name
+    assert batch.und_pixels.shape == (0, 3, S, S)
+
+
 def test_pre_encoded_generation(tpl):
     def pre(i, pixels=None):
         return tpl.generation("a red square", pixels, torch.full((4, 2, 2), i), torch.full((T_GEN, 6), i))
