@@ -1,7 +1,8 @@
 """Multi-node: 2 "nodes" of 1 process each on 127.0.0.1, started the way a launcher starts them (the
 environment variables MASTER_ADDR, MASTER_PORT, NODE_RANK, WORLD_SIZE, LOCAL_RANK, which Lightning's
 LightningEnvironment reads), run a smoke fit of ablation F with ``trainer.num_nodes=2, devices=1``: both
-nodes finish, see a world of 2, train on different data and end with the same weights and losses."""
+nodes finish, see a world of 2, train on different data, end with the same weights and losses, and
+score the smoke evaluations together."""
 
 from __future__ import annotations
 
@@ -98,3 +99,6 @@ def test_two_nodes_of_one_process_train_as_one_job(tmp_path):
     keys = {k for k in run.data.metrics if k.startswith("throughput/")}
     assert keys == {f"throughput/{k}" for k in ("samples_per_s", "tokens_per_s", "padded_tokens_per_s",
                                                 "tflops_per_device")}  # fmt: skip
+    # smoke.yaml's evaluation, its images split over the two nodes: FID, CLIP score and GenEval
+    for key in ("val/fid/mjhq", "val/clip_score", "val/geneval/overall", "val/geneval/counting", "val/time/geneval"):
+        assert key in run.data.metrics, key

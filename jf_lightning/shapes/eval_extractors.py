@@ -7,7 +7,10 @@ and as the libraries read them, so that tests and smoke runs take the metrics' w
 - ``weights-inception-2015-12-05-6726825d.pth``: the same weights as the state dict torch-fidelity's
   ``FeatureExtractorInceptionV3`` (torchmetrics' FID) loads;
 - ``clip/``: a tiny ``CLIPModel`` with a byte-level ``CLIPTokenizer`` and image processor, written by
-  ``save_pretrained`` (the layout of ``openai/clip-vit-large-patch14``).
+  ``save_pretrained`` (the layout of ``openai/clip-vit-large-patch14``);
+- ``mask2former/``: a tiny ``Mask2FormerForUniversalSegmentation`` (Swin backbone) with COCO's 80
+  classes and its image processor, the layout of ``facebook/mask2former-swin-small-coco-instance``
+  (GenEval's detector).
 
 Their numbers mean nothing (random features); the real weights go in the same places.
 """
@@ -22,11 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    Mask2FormerImageProcessor,
+    SwinConfig,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from jf_lightning.inputs import PreparedInput
 from jf_lightning.metrics.fid import CLEAN_FID_FILE, TORCH_FIDELITY_FILE
+from jf_lightning.metrics.mask2former_detector import GENEVAL_OBJECTS
 
 
 class _RandomInception(FeatureExtractorInceptionV3):
@@ -148,10 +162,36 @@ def save_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> 
     return out
 
 
+def save_tiny_mask2former(out_dir: str | Path, favour: str | None = None, size: int = 64, seed: int = 0) -> Path:
+    """A tiny Mask2Former instance segmenter (Swin backbone, width 16-32) with COCO's 80 classes, by
+    ``save_pretrained``; with ``favour``, every query's class head is biased to that COCO class, so
+    detections of it carry scores near their mask scores (above GenEval's 0.3)."""
+    torch.manual_seed(seed)
+    swin = SwinConfig(
+        image_size=size, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+        window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    names = [n.replace("computer mouse", "mouse") for n in GENEVAL_OBJECTS]  # COCO's own spelling, as the hub's
+    config = Mask2FormerConfig(
+        backbone_config=swin, feature_size=32, mask_feature_dim=32, hidden_dim=32, encoder_feedforward_dim=64,
+        dim_feedforward=64, decoder_layers=2, encoder_layers=1, num_queries=12, num_attention_heads=2,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+    model = Mask2FormerForUniversalSegmentation(config)
+    if favour is not None:
+        with torch.no_grad():
+            model.class_predictor.bias[GENEVAL_OBJECTS.index(favour)] = 30.0
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    Mask2FormerImageProcessor(size={"height": size, "width": size}).save_pretrained(out)
+    return out
+
+
 class RandomEvalExtractors(PreparedInput):
     """The random Inception (both formats; ``tiny``: :class:`TinyCleanFidNet` in clean-fid's alone) in
-    ``out_dir`` and the tiny CLIP in ``out_dir/clip``: point an FID callback's ``weights`` at
-    ``out_dir`` and a CLIP score's ``model`` at ``out_dir/clip``."""
+    ``out_dir``, the tiny CLIP in ``out_dir/clip`` and the tiny Mask2Former in ``out_dir/mask2former``:
+    point an FID callback's ``weights`` at ``out_dir``, a CLIP score's ``model`` at ``out_dir/clip``
+    and a GenEval detector's ``model`` and ``colors`` at ``out_dir/mask2former`` and ``out_dir/clip``."""
 
     def __init__(self, out_dir: str, seed: int = 0, clip_seed: int = 2, tiny: bool = False):
         """
@@ -170,7 +210,7 @@ class RandomEvalExtractors(PreparedInput):
 
     def _files(self) -> list[Path]:
         out = self.path
-        return [out / CLEAN_FID_FILE, out / "clip" / "config.json"] + (
+        return [out / CLEAN_FID_FILE, out / "clip" / "config.json", out / "mask2former" / "config.json"] + (
             [] if self.tiny else [out / TORCH_FIDELITY_FILE]
         )
 
@@ -183,6 +223,7 @@ class RandomEvalExtractors(PreparedInput):
         print(f"writing random-weight evaluation extractors into {self.out_dir} ...", flush=True)
         save_random_inceptions(self.out_dir, self.seed, self.tiny)
         save_tiny_clip(self.path / "clip", self.clip_seed)
+        save_tiny_mask2former(self.path / "mask2former", seed=self.seed)
 
 
 class ShapesFIDReference(PreparedInput):

@@ -1,5 +1,6 @@
 """Tiny random-weight models in the real architectures GenEval scoring loads (a Mask2Former instance
-segmenter with COCO's 80 classes, a CLIP), written with ``save_pretrained`` for the real loading code."""
+segmenter with COCO's 80 classes, from the package's smoke extractors, and a CLIP), written with
+``save_pretrained`` for the real loading code."""
 
 from __future__ import annotations
 
@@ -12,38 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from jf_lightning.metrics.mask2former_detector import GENEVAL_OBJECTS
+from jf_lightning.shapes.eval_extractors import save_tiny_mask2former
 
-
-def save_tiny_mask2former(path: Path, favour: str | None = None, size: int = 64) -> Path:
-    """A Mask2Former (tiny Swin backbone) at ``path``; with ``favour``, every query's class head is biased
-    to that COCO class, so detections of it carry scores near their mask scores (above GenEval's 0.3)."""
-    from transformers import (
-        Mask2FormerConfig,
-        Mask2FormerForUniversalSegmentation,
-        Mask2FormerImageProcessor,
-        SwinConfig,
-    )
-
-    torch.manual_seed(0)
-    swin = SwinConfig(
-        image_size=size, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-        window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"],
-    )  # fmt: skip
-    # COCO's own spelling, as the hub's checkpoint has it
-    names = [n.replace("computer mouse", "mouse") for n in GENEVAL_OBJECTS]
-    config = Mask2FormerConfig(
-        backbone_config=swin, feature_size=32, mask_feature_dim=32, hidden_dim=32, encoder_feedforward_dim=64,
-        dim_feedforward=64, decoder_layers=2, encoder_layers=1, num_queries=12, num_attention_heads=2,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-    )  # fmt: skip
-    model = Mask2FormerForUniversalSegmentation(config)
-    if favour is not None:
-        with torch.no_grad():
-            model.class_predictor.bias[GENEVAL_OBJECTS.index(favour)] = 30.0
-    model.save_pretrained(path)
-    Mask2FormerImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
-    return path
+__all__ = ["save_tiny_clip", "save_tiny_mask2former", "write_llava_shard"]
 
 
 def save_tiny_clip(path: Path) -> Path:
