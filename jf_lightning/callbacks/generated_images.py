@@ -106,10 +106,17 @@ class GeneratedImagesCallback(EvaluationCallback):
         for scorer in self.scorers:
             scorer.setup(trainer)
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+    def cannot_draw(self, pl_module: pl.LightningModule) -> bool:
+        """True, after a warning, for a model without generation modules (ablation D): an overlay's
+        callbacks (``smoke.yaml``'s) meet every recipe's model."""
         cfg = getattr(getattr(pl_module, "model", None), "cfg", None)
-        if cfg is not None and not cfg.generation:  # ablation D: an overlay's callbacks meet a model that cannot draw
+        if cfg is not None and not cfg.generation:
             rank_zero_warn(f"{type(self).__name__}: the model has no generation modules (ablation D): nothing scored")
+            return True
+        return False
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        if self.cannot_draw(pl_module):
             return {}
         share = rank_share(len(self.prompts), trainer.global_rank, trainer.world_size)
         for scorer in self.scorers:

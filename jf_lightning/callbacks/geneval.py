@@ -132,6 +132,8 @@ class GenEvalCallback(GeneratedImagesCallback):
 
         The shared loop of :class:`GeneratedImagesCallback`, with the scorer made per call: its state
         stays with this evaluation (callers that run ranks as threads share the callback)."""
+        if self.cannot_draw(pl_module):
+            return {}
         if callable(getattr(self.detector, "to", None)):
             self.detector.to(pl_module.device)
         scorer = GenEvalScorer(self.specs, self.detector, self.options, self.image_size)
